@@ -1,0 +1,299 @@
+"""Query/Retrieve SCP (PS3.4 Annex C) over an archive: C-FIND, C-MOVE, C-GET.
+
+The board's console (or any foreign Q/R client such as dcmtk's ``findscu``,
+``movescu`` and ``getscu``) searches and retrieves what the cache holds. The
+same handlers serve the demo's simulated sites.
+
+Matching follows PS3.4 C.2.2.2 for the keys a console uses: single value
+(with ``*`` and ``?`` wildcards on text keys, case-insensitive for names), UID
+lists, and date ranges. Study- and series-level counts
+(NumberOfStudyRelatedSeries, NumberOfStudyRelatedInstances,
+NumberOfSeriesRelatedInstances) and ModalitiesInStudy are computed from what the
+archive holds.
+
+Limitations
+-----------
+Study Root and Patient Root information models only; relational queries and
+sequence matching are not supported (sequence keys are returned empty). Time
+ranges are compared as text.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pynetdicom import evt
+from pynetdicom.events import Event
+
+from ihe.dicom.archive import Archive
+from mappings.names import fold
+from server.models import CachedInstance
+
+logger = logging.getLogger(__name__)
+
+LOG_FIND = "C-FIND answered"
+LOG_RETRIEVE = "retrieve sub-operations started"
+
+STATUS_PENDING = 0xFF00
+STATUS_SUCCESS = 0x0000
+STATUS_IDENTIFIER_MISMATCH = 0xA900
+STATUS_UNABLE_TO_PROCESS = 0xC000
+
+# Keyword → CachedInstance column, per level that owns the attribute.
+PATIENT_KEYS = {
+    "PatientID": "patient_id",
+    "IssuerOfPatientID": "issuer_of_patient_id",
+    "PatientName": "patient_name",
+    "PatientBirthDate": "patient_birth_date",
+    "PatientSex": "patient_sex",
+}
+STUDY_KEYS = {
+    **PATIENT_KEYS,
+    "StudyInstanceUID": "study_uid",
+    "StudyDate": "study_date",
+    "StudyTime": "study_time",
+    "StudyDescription": "study_description",
+    "StudyID": "study_id",
+    "AccessionNumber": "accession_number",
+}
+SERIES_KEYS = {
+    "StudyInstanceUID": "study_uid",
+    "SeriesInstanceUID": "series_uid",
+    "Modality": "modality",
+    "SeriesNumber": "series_number",
+    "SeriesDescription": "series_description",
+}
+IMAGE_KEYS = {
+    "StudyInstanceUID": "study_uid",
+    "SeriesInstanceUID": "series_uid",
+    "SOPInstanceUID": "sop_instance_uid",
+    "SOPClassUID": "sop_class_uid",
+    "InstanceNumber": "instance_number",
+}
+LEVELS: dict[str, tuple[str, dict[str, str]]] = {
+    "PATIENT": ("patient_id", PATIENT_KEYS),
+    "STUDY": ("study_uid", STUDY_KEYS),
+    "SERIES": ("series_uid", SERIES_KEYS),
+    "IMAGE": ("sop_instance_uid", IMAGE_KEYS),
+}
+UID_COLUMNS = {"study_uid", "series_uid", "sop_instance_uid", "sop_class_uid"}
+DATE_COLUMNS = {"study_date", "patient_birth_date"}
+NAME_COLUMNS = {"patient_name"}
+
+
+@dataclass
+class Match:
+    """One entity (patient, study, series or instance) found in the archive."""
+
+    attributes: dict[str, Any]
+    rows: list[CachedInstance]
+
+
+class QueryRetrieveSCP:
+    """C-FIND, C-MOVE and C-GET handlers over `archive`.
+
+    Parameters
+    ----------
+    archive : Archive
+        What is searched and sent.
+    ae_title : str
+        Our AE title, returned as Retrieve AE Title.
+    move_destination : callable
+        Maps a Move Destination AE title to ``(host, port)``, or ``None``
+        when the destination is unknown (answered 0xA801).
+    """
+
+    def __init__(
+        self,
+        archive: Archive,
+        ae_title: str,
+        move_destination: Callable[[str], tuple[str, int] | None],
+    ) -> None:
+        self.archive = archive
+        self.ae_title = ae_title
+        self.move_destination = move_destination
+
+    @property
+    def handlers(self) -> list[tuple[evt.EventType, Callable[..., object]]]:
+        """The (event, handler) pairs to bind on the AE's server."""
+        return [
+            (evt.EVT_C_FIND, self.handle_find),
+            (evt.EVT_C_MOVE, self.handle_move),
+            (evt.EVT_C_GET, self.handle_get),
+        ]
+
+    # C-FIND
+
+    def handle_find(self, event: Event) -> Iterator[tuple[int, Dataset | None]]:
+        """Yield one pending response per match, then success."""
+        identifier = event.identifier
+        level = str(identifier.get("QueryRetrieveLevel", "")).strip().upper()
+        if level not in LEVELS:
+            yield STATUS_IDENTIFIER_MISMATCH, None
+            return
+        matches = self.search(level, identifier)
+        for match in matches:
+            if event.is_cancelled:
+                yield 0xFE00, None
+                return
+            yield STATUS_PENDING, self._response(identifier, level, match)
+        logger.info(LOG_FIND, extra={"level": level, "matches": len(matches)})
+
+    def search(self, level: str, identifier: Dataset) -> list[Match]:
+        """Entities at `level` whose attributes match `identifier`'s keys."""
+        group_column, keys = LEVELS[level]
+        prefilter: dict[str, Any] = {}
+        for keyword, column in keys.items():
+            value = _value(identifier, keyword)
+            if (
+                column in UID_COLUMNS
+                and value
+                and "*" not in value
+                and "?" not in value
+            ):
+                prefilter[column] = value.split("\\")
+        rows = self.archive.instances(**prefilter)
+        groups: dict[str, list[CachedInstance]] = {}
+        for row in rows:
+            key = getattr(row, group_column)
+            if key is not None:
+                groups.setdefault(str(key), []).append(row)
+        matches = []
+        for group in groups.values():
+            attributes = _attributes(group, keys)
+            if _matches(identifier, keys, attributes) and _match_modalities(
+                identifier, level, group
+            ):
+                matches.append(Match(attributes, group))
+        return matches
+
+    def _response(self, identifier: Dataset, level: str, match: Match) -> Dataset:
+        rsp = Dataset()
+        rsp.SpecificCharacterSet = "ISO_IR 192"
+        rsp.QueryRetrieveLevel = level
+        keys = LEVELS[level][1]
+        rows = match.rows
+        computed = {
+            "NumberOfStudyRelatedSeries": len({r.series_uid for r in rows}),
+            "NumberOfStudyRelatedInstances": len(rows),
+            "NumberOfSeriesRelatedInstances": len(rows),
+            "NumberOfPatientRelatedStudies": len({r.study_uid for r in rows}),
+            "NumberOfPatientRelatedInstances": len(rows),
+            "ModalitiesInStudy": sorted({r.modality for r in rows if r.modality}),
+            "SOPClassesInStudy": sorted({r.sop_class_uid for r in rows}),
+        }
+        for element in identifier:
+            keyword = element.keyword
+            if not keyword or keyword in ("QueryRetrieveLevel", "SpecificCharacterSet"):
+                continue
+            if keyword in computed:
+                setattr(rsp, keyword, computed[keyword])
+            elif keyword in keys and match.attributes.get(keys[keyword]) is not None:
+                setattr(rsp, keyword, match.attributes[keys[keyword]])
+            elif element.VR == "SQ":
+                setattr(rsp, keyword, [])
+            else:
+                setattr(rsp, keyword, "")
+        # Unique keys of the levels above are always returned (PS3.4 C.4.1.2.1).
+        for keyword in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID"):
+            column = {**STUDY_KEYS, **SERIES_KEYS}[keyword]
+            if keyword in keys and keyword not in rsp:
+                setattr(rsp, keyword, match.attributes.get(column) or "")
+        rsp.RetrieveAETitle = self.ae_title
+        return rsp
+
+    # C-MOVE and C-GET
+
+    def handle_move(self, event: Event) -> Iterator[Any]:
+        """Resolve the destination, then yield the matching instances."""
+        destination = self.move_destination(str(event.move_destination).strip())
+        if destination is None:
+            logger.warning(
+                "C-MOVE to an unknown destination refused",
+                extra={"destination": str(event.move_destination).strip()},
+            )
+            yield None, None
+            return
+        yield destination[0], destination[1]
+        yield from self._send(event)
+
+    def handle_get(self, event: Event) -> Iterator[Any]:
+        """Yield the number of matching instances, then each of them."""
+        yield from self._send(event)
+
+    def _send(self, event: Event) -> Iterator[Any]:
+        identifier = event.identifier
+        level = str(identifier.get("QueryRetrieveLevel", "")).strip().upper()
+        if level not in LEVELS:
+            yield 0
+            return
+        rows = [row for match in self.search(level, identifier) for row in match.rows]
+        logger.info(LOG_RETRIEVE, extra={"level": level, "instances": len(rows)})
+        yield len(rows)
+        for path in self.archive.absolute(rows):
+            if event.is_cancelled:
+                yield 0xFE00, None
+                return
+            try:
+                ds = dcmread(path)
+            except (OSError, ValueError) as exc:
+                logger.error("cached file unreadable", extra={"error": str(exc)})
+                yield STATUS_UNABLE_TO_PROCESS, None
+                continue
+            yield STATUS_PENDING, ds
+
+
+def _value(identifier: Dataset, keyword: str) -> str:
+    if keyword not in identifier:
+        return ""
+    value = identifier.get(keyword)
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return "\\".join(str(v) for v in value)
+    return str(value).strip()
+
+
+def _attributes(rows: list[CachedInstance], keys: dict[str, str]) -> dict[str, Any]:
+    first = rows[0]
+    return {column: getattr(first, column) for column in keys.values()}
+
+
+def _matches(identifier: Dataset, keys: dict[str, str], attrs: dict[str, Any]) -> bool:
+    for keyword, column in keys.items():
+        wanted = _value(identifier, keyword)
+        if not wanted or wanted == "*":
+            continue
+        have = "" if attrs.get(column) is None else str(attrs[column])
+        if not _match_one(column, wanted, have):
+            return False
+    return True
+
+
+def _match_modalities(
+    identifier: Dataset, level: str, rows: list[CachedInstance]
+) -> bool:
+    wanted = _value(identifier, "ModalitiesInStudy")
+    if level != "STUDY" or not wanted or wanted == "*":
+        return True
+    have = {row.modality for row in rows if row.modality}
+    return bool(have & set(wanted.split("\\")))
+
+
+def _match_one(column: str, wanted: str, have: str) -> bool:
+    if column in UID_COLUMNS:
+        return have in wanted.split("\\")
+    if column in DATE_COLUMNS and "-" in wanted:
+        low, _, high = wanted.partition("-")
+        return bool(have) and (not low or have >= low) and (not high or have <= high)
+    if column in NAME_COLUMNS:
+        return fnmatch.fnmatchcase(fold(have), fold(wanted))
+    if "*" in wanted or "?" in wanted:
+        return fnmatch.fnmatchcase(have, wanted.replace("[", "[[]"))
+    return have == wanted

@@ -1,0 +1,1 @@
+"""PIX Manager: the cross-reference of every site's patient identifiers."""

@@ -1,0 +1,183 @@
+"""RAD-16 Retrieve Images: Study Root C-MOVE from a producing site (SCU side).
+
+The site sends the study's instances on a separate association to the cache's
+Storage SCP (the Move Destination). This module reads the C-MOVE responses
+and classifies the outcome; whether the study is complete is decided by the
+caller, by counting what the cache actually holds, since a final status of
+0x0000 proves nothing when the counters are missing.
+
+Outcomes (PS3.4 C.4.2.1.4, and what PACS really send):
+
+============================  ===============================================
+``success``                   0x0000
+``partial``                   0xB000: some sub-operations failed or warned
+``completed_with_warning``    another 0xBxxx warning some vendors send
+``move_destination_unknown``  0xA801: the site does not know our AE title
+``association_aborted``       abort, rejection or time-out before a final status
+``unable_to_process``         0xCxxx, or any other failure status
+``cancelled``                 0xFE00
+============================  ===============================================
+
+Limitations
+-----------
+No C-MOVE-CANCEL is sent on shutdown; the outcome does not yet distinguish a
+site down from a site that refused the association.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pydicom.dataset import Dataset
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove
+
+from ihe.dicom.ae import make_ae
+
+logger = logging.getLogger(__name__)
+
+LOG_MOVE_DONE = "C-MOVE finished"
+SOP_CLASS = str(StudyRootQueryRetrieveInformationModelMove)
+
+
+@dataclass
+class MoveOutcome:
+    """What the site said about one C-MOVE."""
+
+    outcome: str
+    status: int | None = None
+    completed: int | None = None
+    failed: int | None = None
+    warning: int | None = None
+    failed_uids: list[str] = field(default_factory=list)
+    error_comment: str | None = None
+
+    @property
+    def reason(self) -> str:
+        """One line for the coordinator, with the status code when known."""
+        code = f" (0x{self.status:04X})" if self.status is not None else ""
+        text = {
+            "success": "the site reported success",
+            "partial": f"the site could not send {self.failed or 0} instance(s)",
+            "completed_with_warning": "the site completed with a warning",
+            "move_destination_unknown": "the site does not know this cache's AE title",
+            "association_aborted": "the association was aborted or timed out",
+            "unable_to_process": "the site could not process the retrieve",
+            "cancelled": "the retrieve was cancelled",
+        }.get(self.outcome, self.outcome)
+        if self.error_comment:
+            text += f": {self.error_comment}"
+        return text + code
+
+
+def move_study(
+    *,
+    calling_ae: str,
+    ae_title: str,
+    host: str,
+    port: int,
+    study_uid: str,
+    destination: str,
+    timeout: float = 30.0,
+    on_progress: Callable[[int, int | None], None] | None = None,
+) -> MoveOutcome:
+    """Ask a site to send `study_uid` to `destination`.
+
+    Parameters
+    ----------
+    on_progress : callable, optional
+        Called with (completed, remaining) on each pending response.
+
+    Returns
+    -------
+    MoveOutcome
+        Never raises for peer behaviour; every failure is an outcome.
+    """
+    ae = make_ae(calling_ae)
+    ae.acse_timeout = ae.network_timeout = timeout
+    ae.dimse_timeout = max(timeout, 600.0)
+    ae.add_requested_context(SOP_CLASS)
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.StudyInstanceUID = study_uid
+    assoc = ae.associate(host, port, ae_title=ae_title)
+    if not assoc.is_established:
+        return _done(
+            MoveOutcome(
+                "association_aborted",
+                error_comment=f"{ae_title} refused the association",
+            )
+        )
+    result = MoveOutcome("association_aborted")
+    try:
+        for status, _ in assoc.send_c_move(identifier, destination, SOP_CLASS):
+            if not status or "Status" not in status:
+                result.error_comment = f"no final response from {ae_title}"
+                break
+            code = int(status.Status)
+            _counters(result, status)
+            if code in (0xFF00, 0xFF01):
+                if on_progress is not None:
+                    remaining = status.get("NumberOfRemainingSuboperations")
+                    on_progress(
+                        result.completed or 0,
+                        int(remaining) if remaining is not None else None,
+                    )
+                continue
+            result.status = code
+            result.outcome = classify(code)
+            comment = status.get("ErrorComment")
+            result.error_comment = str(comment).strip() if comment else None
+            failed = status.get("FailedSOPInstanceUIDList")
+            if failed:
+                result.failed_uids = [
+                    str(u) for u in ([failed] if isinstance(failed, str) else failed)
+                ]
+            if result.outcome == "move_destination_unknown":
+                result.error_comment = (
+                    f"{ae_title} does not know move destination {destination} (A801)"
+                )
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return _done(result)
+
+
+def classify(code: int) -> str:
+    """The outcome name for a final C-MOVE status."""
+    if code == 0x0000:
+        return "success"
+    if code == 0xB000:
+        return "partial"
+    if 0xB000 < code <= 0xBFFF:
+        return "completed_with_warning"
+    if code == 0xA801:
+        return "move_destination_unknown"
+    if code == 0xFE00:
+        return "cancelled"
+    return "unable_to_process"
+
+
+def _counters(result: MoveOutcome, status: Dataset) -> None:
+    for attr, keyword in (
+        ("completed", "NumberOfCompletedSuboperations"),
+        ("failed", "NumberOfFailedSuboperations"),
+        ("warning", "NumberOfWarningSuboperations"),
+    ):
+        value = status.get(keyword)
+        if value is not None:
+            setattr(result, attr, int(value))
+
+
+def _done(result: MoveOutcome) -> MoveOutcome:
+    logger.info(
+        LOG_MOVE_DONE,
+        extra={
+            "outcome": result.outcome,
+            "status": result.status,
+            "completed": result.completed,
+            "failed": result.failed,
+        },
+    )
+    return result

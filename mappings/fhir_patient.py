@@ -1,0 +1,169 @@
+"""FHIR R4 Patient to the patient index, HL7 v2 PID fields and DICOM attributes.
+
+The FHIR input is validated with ``fhir.resources`` (its R4B models, the nearest
+to R4 in that package). Primitives that carry only an extension, such as a
+masked ``_birthDate``, are legal and map to empty values.
+
+Limitations
+-----------
+Only the first ``official`` (or, failing that, first) name is the used name and
+the first ``maiden`` name the birth name; addresses, telecoms and the FR Core
+identity-reliability extension are not read yet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+from fhir.resources.R4B.patient import Patient as FhirPatient
+from pydantic import ValidationError
+from pydicom.dataset import Dataset
+
+from mappings.fhir_validation import issues_from_validation
+from mappings.identifiers import Identifier, system_to_authority, to_cx
+from mappings.names import to_dicom_pn
+from server.errors import InvalidResource
+
+# FHIR administrative gender → HL7 table 0001 and DICOM (0010,0040).
+GENDER_TO_SEX = {"male": "M", "female": "F", "other": "O", "unknown": "U"}
+SEX_TO_GENDER = {"M": "male", "F": "female", "O": "other", "U": "unknown"}
+
+
+@dataclass(frozen=True)
+class PatientRecord:
+    """What the patient index keeps of a FHIR Patient."""
+
+    identifiers: tuple[Identifier, ...]
+    family: str | None = None
+    given: tuple[str, ...] = ()
+    birth_family: str | None = None
+    birth_date: date | None = None
+    sex: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_patient(data: Any) -> PatientRecord:
+    """Validate a FHIR Patient given as parsed JSON and map it.
+
+    Raises
+    ------
+    InvalidResource
+        The resource is not a valid Patient, or has no usable identifier.
+    """
+    if not isinstance(data, dict) or data.get("resourceType") != "Patient":
+        raise InvalidResource(
+            "the body is not a Patient resource",
+            [("Patient", "resourceType must be Patient")],
+        )
+    try:
+        patient = FhirPatient.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidResource(
+            "the Patient does not conform to FHIR R4",
+            issues_from_validation(exc, "Patient"),
+        ) from exc
+    identifiers = _identifiers(patient)
+    family, given, birth_family = _names(patient)
+    return PatientRecord(
+        identifiers=identifiers,
+        family=family,
+        given=given,
+        birth_family=birth_family,
+        birth_date=_birth_date(patient),
+        sex=GENDER_TO_SEX.get(patient.gender or ""),
+    )
+
+
+def to_pid_fields(record: PatientRecord) -> dict[str, str]:
+    """Map a patient to HL7 v2 PID-3, PID-5, PID-7 and PID-8 (ER7 text)."""
+    xpn = []
+    if record.family or record.given:
+        xpn.append("^".join([record.family or "", *record.given[:2]]).rstrip("^"))
+    return {
+        "PID-3": "~".join(to_cx(i) for i in record.identifiers),
+        "PID-5": "~".join(xpn),
+        "PID-7": record.birth_date.strftime("%Y%m%d") if record.birth_date else "",
+        "PID-8": record.sex or "",
+    }
+
+
+def to_dicom_patient(record: PatientRecord, primary_authority: str | None) -> Dataset:
+    """Map a patient to the DICOM Patient module.
+
+    The identifier in `primary_authority` becomes Patient ID with its issuer;
+    the others go to Other Patient IDs Sequence (0010,1002).
+    """
+    idents = list(record.identifiers)
+    primary = next((i for i in idents if i.system == primary_authority), None)
+    primary = primary or (idents[0] if idents else None)
+    ds = Dataset()
+    ds.PatientName = to_dicom_pn(record.family, list(record.given))
+    ds.PatientBirthDate = (
+        record.birth_date.strftime("%Y%m%d") if record.birth_date else ""
+    )
+    ds.PatientSex = record.sex or ""
+    if primary is not None:
+        ds.PatientID = primary.value
+        _set_issuer(ds, primary)
+        others = []
+        for ident in idents:
+            if ident is primary:
+                continue
+            item = Dataset()
+            item.PatientID = ident.value
+            _set_issuer(item, ident)
+            others.append(item)
+        if others:
+            ds.OtherPatientIDsSequence = others
+    return ds
+
+
+def _set_issuer(ds: Dataset, ident: Identifier) -> None:
+    ds.IssuerOfPatientID = ident.namespace or ("" if ident.is_oid else ident.system)
+    if ident.is_oid:
+        qualifier = Dataset()
+        qualifier.UniversalEntityID = ident.system
+        qualifier.UniversalEntityIDType = "ISO"
+        ds.IssuerOfPatientIDQualifiersSequence = [qualifier]
+
+
+def _identifiers(patient: FhirPatient) -> tuple[Identifier, ...]:
+    found: list[Identifier] = []
+    for index, ident in enumerate(patient.identifier or []):
+        if not ident.system or not ident.value:
+            raise InvalidResource(
+                "every Patient identifier needs a system and a value",
+                [(f"Patient.identifier[{index}]", "system and value are required")],
+            )
+        type_code = None
+        if ident.type and ident.type.coding:
+            type_code = ident.type.coding[0].code
+        found.append(
+            Identifier(
+                system_to_authority(ident.system), ident.value.strip(), type_code
+            )
+        )
+    if not found:
+        raise InvalidResource(
+            "the Patient has no identifier: the index links patients only by identifiers",
+            [("Patient.identifier", "at least one identifier is required")],
+        )
+    return tuple(found)
+
+
+def _names(patient: FhirPatient) -> tuple[str | None, tuple[str, ...], str | None]:
+    names = patient.name or []
+    used = next((n for n in names if n.use == "official"), names[0] if names else None)
+    birth = next((n for n in names if n.use == "maiden"), None)
+    family = used.family if used else None
+    given = tuple(g for g in (used.given or []) if g) if used else ()
+    return family, given, birth.family if birth else None
+
+
+def _birth_date(patient: FhirPatient) -> date | None:
+    value = patient.birthDate
+    if isinstance(value, date):
+        return value
+    return None

@@ -1,0 +1,214 @@
+"""The ``spiders`` command line.
+
+``spiders serve`` runs the server, ``spiders worker`` a task worker,
+``spiders demo`` a whole simulated region, ``spiders retrieve`` one study into
+the cache, and ``spiders status`` the state of the registrations.
+Configuration comes from ``SPIDERS_*`` variables (:mod:`server.config`).
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from typing import NoReturn
+
+import click
+from celery.platforms import SecurityWarning
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+
+from server import logging_setup, runtime
+from server.config import load_settings
+from server.errors import ConfigurationError
+from server.runtime import Runtime
+
+console = Console(stderr=True)
+
+
+def _runtime() -> Runtime:
+    try:
+        settings = load_settings()
+    except ConfigurationError as exc:
+        _fail(str(exc))
+    logging_setup.configure(settings.log_level, settings.log_format)
+    rt = Runtime(settings)
+    runtime.install(rt)
+    return rt
+
+
+def _fail(message: str, status: int = 2) -> NoReturn:
+    console.print(f"[red]error:[/red] {message}")
+    sys.exit(status)
+
+
+@click.group()
+@click.version_option(package_name="spiders")
+def main() -> None:
+    """SPIDERS: images from every site, in the tumour board's cache in time."""
+
+
+@main.command()
+@click.option(
+    "--no-worker",
+    is_flag=True,
+    help="Do not start the embedded worker (scaled-out mode).",
+)
+def serve(no_worker: bool) -> None:
+    """Run the HTTP API, the DICOM listener and the embedded worker."""
+    from server.serve import serve as run
+
+    sys.exit(run(_runtime(), with_worker=not no_worker))
+
+
+@main.command()
+@click.option(
+    "--concurrency",
+    default=4,
+    show_default=True,
+    help="Tasks run at once by this worker.",
+)
+def worker(concurrency: int) -> None:
+    """Run a task worker on the configured broker."""
+    from server import tasks
+
+    rt = _runtime()
+    app = tasks.configure(rt.settings)
+    app.worker_main(
+        [
+            "worker",
+            "--pool",
+            "threads",
+            "--concurrency",
+            str(concurrency),
+            "--loglevel",
+            "WARNING",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "-Q",
+            tasks.QUEUE,
+        ]
+    )
+
+
+@main.command()
+@click.option("--site", "site_name", required=True, help="Site name in the sites file.")
+@click.option("--study", "study_uid", required=True, help="Study Instance UID.")
+def retrieve(site_name: str, study_uid: str) -> None:
+    """Retrieve one study from a site into the cache (C-MOVE).
+
+    The cache's DICOM listener must be running (``spiders serve``): it receives
+    the instances.
+    """
+    from ihe.qr.rad16_retrieve_images import move_study
+
+    rt = _runtime()
+    try:
+        site = rt.settings.directory.site(site_name)
+    except ConfigurationError as exc:
+        _fail(str(exc))
+    before = rt.archive.count_instances(study_uid)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=console,
+    ) as progress:
+        bar = progress.add_task(f"{site.name}", total=None)
+
+        def on_progress(done: int, remaining: int | None) -> None:
+            total = done + remaining if remaining is not None else None
+            progress.update(bar, completed=done, total=total)
+
+        outcome = move_study(
+            calling_ae=rt.settings.ae_title,
+            ae_title=site.ae_title,
+            host=site.host,
+            port=site.port,
+            study_uid=study_uid,
+            destination=rt.settings.ae_title,
+            timeout=site.timeout,
+            on_progress=on_progress,
+        )
+        progress.update(
+            bar,
+            completed=outcome.completed or 0,
+            total=(outcome.completed or 0) + (outcome.failed or 0) or None,
+        )
+    held = rt.archive.count_instances(study_uid)
+    console.print(
+        f"{outcome.outcome}: {outcome.reason}; cache holds {held} instance(s) "
+        f"of the study ({held - before} new)"
+    )
+    sys.exit(0 if outcome.outcome == "success" else 1)
+
+
+@main.command()
+def status() -> None:
+    """Print every registration and the state of its prefetches."""
+    from sqlalchemy import select
+
+    from server.models import Registration
+    from server.workflow.status import registration_state
+
+    rt = _runtime()
+    table = Table(
+        "registration",
+        "meeting",
+        "state",
+        "site",
+        "study",
+        "received",
+        "expected",
+        "prefetch",
+        title="Registrations",
+    )
+    with rt.db.session() as session:
+        for reg in session.scalars(select(Registration)).all():
+            state = registration_state(reg)
+            meeting = reg.meeting_start.isoformat() if reg.meeting_start else ""
+            rows = [c for c in reg.candidates if c.prefetch] or [None]
+            for cand in rows:
+                p = cand.prefetch if cand else None
+                table.add_row(
+                    reg.id[:8],
+                    meeting,
+                    state,
+                    cand.site_name if cand else "",
+                    cand.study_uid[-16:] if cand else "",
+                    str(p.received_instances) if p else "",
+                    str(p.expected_instances or "") if p else "",
+                    (p.state + (f" ({p.reason})" if p.reason else "")) if p else "",
+                )
+    Console().print(table)
+
+
+@main.command()
+@click.option(
+    "--keep-running",
+    is_flag=True,
+    help="Leave the server up after the flow so a console can pull images.",
+)
+@click.option(
+    "--directory",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where the demo keeps its sites and cache (default: a new "
+    "directory under SPIDERS_DATA_DIR).",
+)
+def demo(keep_running: bool, directory: str | None) -> None:
+    """Run a simulated region of three sites through the whole flow."""
+    from server.demo.run import run_demo
+
+    settings = load_settings()
+    logging_setup.configure("WARNING", settings.log_format)
+    sys.exit(
+        run_demo(
+            settings, keep_running=keep_running, directory=directory, console=console
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,256 @@
+"""Settings from ``SPIDERS_*`` environment variables and the sites file.
+
+Every setting has a default that works on one machine with nothing installed:
+SQLite and the embedded broker live under ``SPIDERS_DATA_DIR`` (``./var``). The
+scaled-out mode only changes ``SPIDERS_DATABASE_URL`` and ``SPIDERS_BROKER_URL``.
+
+The sites file (``SPIDERS_SITES_FILE``, YAML) names the producing sites and the
+viewing consoles::
+
+    sites:
+      - name: chu-nord
+        ae_title: CHU_NORD
+        host: 127.0.0.1
+        port: 4242
+        patient_id_domain: 2.999.1.1
+        retrieve: c-move
+    consoles:
+      - name: salle-rcp
+        ae_title: RCP_CONSOLE
+        host: 127.0.0.1
+        port: 11113
+
+Limitations
+-----------
+Only the ``c-move`` retrieve method is accepted for now; TLS, association limits
+and maintenance windows per site are not configurable yet.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from server.errors import ConfigurationError
+
+ENV_PREFIX = "SPIDERS_"
+RETRIEVE_METHODS = frozenset({"c-move"})
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
+_OID = re.compile(r"^[0-2](\.(0|[1-9][0-9]*))+$")
+
+
+@dataclass(frozen=True)
+class Site:
+    """A producing PACS that SPIDERS queries and retrieves from."""
+
+    name: str
+    ae_title: str
+    host: str
+    port: int
+    patient_id_domain: str
+    retrieve: str = "c-move"
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class Console:
+    """A viewing console allowed to query the cache and receive its studies."""
+
+    name: str
+    ae_title: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class Directory:
+    """Sites and consoles as read from the sites file."""
+
+    sites: tuple[Site, ...] = ()
+    consoles: tuple[Console, ...] = ()
+
+    def site(self, name: str) -> Site:
+        """Return the site called `name` or raise :class:`ConfigurationError`."""
+        for site in self.sites:
+            if site.name == name:
+                return site
+        raise ConfigurationError(f"no site named {name!r} in the sites file")
+
+    def console_by_ae(self, ae_title: str) -> Console | None:
+        """Return the console whose AE title is `ae_title`, if any."""
+        for console in self.consoles:
+            if console.ae_title == ae_title:
+                return console
+        return None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Typed settings; see :func:`load_settings` for the variables."""
+
+    data_dir: Path
+    database_url: str
+    broker_url: str
+    sites_file: Path | None
+    ae_title: str = "SPIDERS"
+    dicom_host: str = "127.0.0.1"
+    dicom_port: int = 11112
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    auto_select_modalities: tuple[str, ...] = ("CT", "MR", "PT")
+    auto_select_months: int = 24
+    prefetch_lead_hours: float = 24.0
+    worker_concurrency: int = 4
+    log_format: str = "text"
+    log_level: str = "INFO"
+    directory: Directory = field(default_factory=Directory)
+
+    @property
+    def cache_dir(self) -> Path:
+        """Where received instances are written."""
+        return self.data_dir / "cache"
+
+
+def load_settings(environ: dict[str, str] | None = None) -> Settings:
+    """Read settings from `environ` (default: the process environment).
+
+    Raises
+    ------
+    ConfigurationError
+        A value cannot be parsed or the sites file is invalid.
+    """
+    env = dict(os.environ if environ is None else environ)
+
+    def get(name: str, default: str) -> str:
+        return env.get(ENV_PREFIX + name, default).strip() or default
+
+    data_dir = Path(get("DATA_DIR", "./var")).resolve()
+    database_url = get("DATABASE_URL", f"sqlite:///{data_dir / 'spiders.sqlite'}")
+    broker_url = get("BROKER_URL", f"sqla+sqlite:///{data_dir / 'broker.sqlite'}")
+    sites_value = env.get(ENV_PREFIX + "SITES_FILE", "").strip()
+    sites_file = Path(sites_value).resolve() if sites_value else None
+    modalities = tuple(
+        m.strip().upper()
+        for m in get("AUTO_SELECT_MODALITIES", "CT,MR,PT").split(",")
+        if m.strip()
+    )
+    ae_title = get("AE_TITLE", "SPIDERS")
+    _check_ae_title(ae_title, "SPIDERS_AE_TITLE")
+    return Settings(
+        data_dir=data_dir,
+        database_url=database_url,
+        broker_url=broker_url,
+        sites_file=sites_file,
+        ae_title=ae_title,
+        dicom_host=get("DICOM_HOST", "127.0.0.1"),
+        dicom_port=_int(get("DICOM_PORT", "11112"), "SPIDERS_DICOM_PORT"),
+        http_host=get("HTTP_HOST", "127.0.0.1"),
+        http_port=_int(get("HTTP_PORT", "8080"), "SPIDERS_HTTP_PORT"),
+        auto_select_modalities=modalities,
+        auto_select_months=_int(get("AUTO_SELECT_MONTHS", "24"), "AUTO_SELECT_MONTHS"),
+        prefetch_lead_hours=_float(get("PREFETCH_LEAD_HOURS", "24"), "PREFETCH_LEAD"),
+        worker_concurrency=_int(get("WORKER_CONCURRENCY", "4"), "WORKER_CONCURRENCY"),
+        log_format=get("LOG_FORMAT", "text"),
+        log_level=get("LOG_LEVEL", "INFO").upper(),
+        directory=load_directory(sites_file) if sites_file else Directory(),
+    )
+
+
+def load_directory(path: Path) -> Directory:
+    """Read and check the sites file at `path`."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigurationError(f"cannot read sites file {path}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigurationError(f"sites file {path} must be a mapping")
+    sites = tuple(_site(item, i) for i, item in enumerate(raw.get("sites") or []))
+    consoles = tuple(
+        _console(item, i) for i, item in enumerate(raw.get("consoles") or [])
+    )
+    _unique([s.name for s in sites], "site name")
+    _unique([s.ae_title for s in sites], "site ae_title")
+    _unique([c.ae_title for c in consoles], "console ae_title")
+    return Directory(sites=sites, consoles=consoles)
+
+
+def _site(item: Any, index: int) -> Site:
+    where = f"sites[{index}]"
+    data = _mapping(
+        item, where, ("name", "ae_title", "host", "port", "patient_id_domain")
+    )
+    domain = str(data["patient_id_domain"]).removeprefix("urn:oid:")
+    if not _OID.match(domain):
+        raise ConfigurationError(f"{where}.patient_id_domain must be an OID")
+    retrieve = str(data.get("retrieve", "c-move")).lower()
+    if retrieve not in RETRIEVE_METHODS:
+        raise ConfigurationError(
+            f"{where}.retrieve {retrieve!r} is not supported "
+            f"(choose from {', '.join(sorted(RETRIEVE_METHODS))})"
+        )
+    _check_ae_title(str(data["ae_title"]), f"{where}.ae_title")
+    return Site(
+        name=str(data["name"]),
+        ae_title=str(data["ae_title"]),
+        host=str(data["host"]),
+        port=_int(data["port"], f"{where}.port"),
+        patient_id_domain=domain,
+        retrieve=retrieve,
+        timeout=_float(data.get("timeout", 30), f"{where}.timeout"),
+    )
+
+
+def _console(item: Any, index: int) -> Console:
+    where = f"consoles[{index}]"
+    data = _mapping(item, where, ("name", "ae_title", "host", "port"))
+    _check_ae_title(str(data["ae_title"]), f"{where}.ae_title")
+    return Console(
+        name=str(data["name"]),
+        ae_title=str(data["ae_title"]),
+        host=str(data["host"]),
+        port=_int(data["port"], f"{where}.port"),
+    )
+
+
+def _mapping(item: Any, where: str, required: tuple[str, ...]) -> dict[str, Any]:
+    if not isinstance(item, dict):
+        raise ConfigurationError(f"{where} must be a mapping")
+    missing = [key for key in required if item.get(key) in (None, "")]
+    if missing:
+        raise ConfigurationError(f"{where} lacks {', '.join(missing)}")
+    return item
+
+
+def _unique(values: list[str], what: str) -> None:
+    seen: set[str] = set()
+    for value in values:
+        if value in seen:
+            raise ConfigurationError(f"duplicate {what} {value!r} in the sites file")
+        seen.add(value)
+
+
+def _check_ae_title(value: str, where: str) -> None:
+    if not _AE_TITLE.match(value) or value.strip() != value:
+        raise ConfigurationError(
+            f"{where} {value!r} is not an AE title (1-16 characters, no backslash, "
+            "no leading or trailing space)"
+        )
+
+
+def _int(value: Any, where: str) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"{where} must be an integer, not {value!r}") from exc
+
+
+def _float(value: Any, where: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"{where} must be a number, not {value!r}") from exc

@@ -1,0 +1,1 @@
+"""Synthetic patients and imaging studies for the demonstration and the tests."""

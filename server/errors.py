@@ -1,0 +1,121 @@
+"""The one error tree of SPIDERS.
+
+Every exception raised on purpose by SPIDERS derives from :class:`SpidersError`.
+Each branch says what the peer on the other side sees when it reaches an edge
+(the HTTP error handler, the DIMSE handler wrapper, the HL7 acknowledgement
+builder); code in between never translates, it raises and chains with
+``raise ... from exc``::
+
+    SpidersError
+    ├── ConfigurationError          bad settings or sites file; the command exits 2
+    ├── InputError                  the request itself is wrong
+    │   ├── InvalidResource         FHIR 400/422 with an OperationOutcome
+    │   └── UnknownReference        FHIR 422, a reference to nothing we know
+    ├── NotFound                    FHIR 404 with an OperationOutcome
+    ├── Conflict                    FHIR 409: the state forbids the change
+    ├── IdentityError               the patient index refuses to link or resolve
+    └── PeerError                   a remote system failed us
+        ├── AssociationFailed       DICOM association rejected, aborted or refused
+        └── DimseFailure            DIMSE failure status from a peer
+
+``issues`` on an :class:`InputError` is a list of ``(expression, message)`` pairs
+that becomes one OperationOutcome issue each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class SpidersError(Exception):
+    """Base of every error SPIDERS raises on purpose."""
+
+    http_status = 500
+    fhir_code = "exception"
+
+
+class ConfigurationError(SpidersError):
+    """The settings or the sites file cannot be used as written."""
+
+
+class InputError(SpidersError):
+    """The caller sent something we cannot accept.
+
+    Parameters
+    ----------
+    message : str
+        One sentence for the caller.
+    issues : sequence of (str or None, str), optional
+        Per-element problems as ``(FHIRPath expression, message)``.
+    """
+
+    http_status = 400
+    fhir_code = "invalid"
+
+    def __init__(
+        self, message: str, issues: Sequence[tuple[str | None, str]] = ()
+    ) -> None:
+        super().__init__(message)
+        self.issues: list[tuple[str | None, str]] = list(issues) or [(None, message)]
+
+
+class InvalidResource(InputError):
+    """A FHIR resource that parses but breaks the specification or a rule."""
+
+    http_status = 422
+    fhir_code = "invalid"
+
+
+class UnknownReference(InputError):
+    """A reference to a resource or identifier the server does not hold."""
+
+    http_status = 422
+    fhir_code = "not-found"
+
+
+class NotFound(SpidersError):
+    """The addressed resource does not exist."""
+
+    http_status = 404
+    fhir_code = "not-found"
+
+
+class Conflict(SpidersError):
+    """The resource's current state forbids the requested change."""
+
+    http_status = 409
+    fhir_code = "conflict"
+
+
+class IdentityError(SpidersError):
+    """The patient index refuses to link or resolve identifiers."""
+
+    http_status = 409
+    fhir_code = "conflict"
+
+
+class PeerError(SpidersError):
+    """A remote system (PACS, console, registry) failed us."""
+
+    http_status = 502
+    fhir_code = "transient"
+
+
+class AssociationFailed(PeerError):
+    """A DICOM association could not be established or was aborted."""
+
+
+class DimseFailure(PeerError):
+    """A DIMSE service answered with a failure status.
+
+    Parameters
+    ----------
+    message : str
+        What failed.
+    status : int
+        The (0000,0900) Status value the peer sent.
+    """
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status

@@ -1,0 +1,1 @@
+"""The HTTP side of SPIDERS: the FHIR endpoint and the JSON API."""

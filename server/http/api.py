@@ -1,0 +1,69 @@
+"""JSON API for coordinators and the dashboard: registrations and selection."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from flask import Blueprint, Response, current_app, jsonify, request
+from sqlalchemy import select
+
+from server import tasks
+from server.errors import InputError, NotFound
+from server.models import Registration
+from server.runtime import Runtime
+from server.workflow import selection
+from server.workflow.status import registration_json
+
+bp = Blueprint("api", __name__)
+
+
+def rt() -> Runtime:
+    """The runtime this app serves."""
+    return cast(Runtime, current_app.config["SPIDERS_RUNTIME"])
+
+
+@bp.get("/registrations")
+def list_registrations() -> Response:
+    """Every registration with its state, newest first."""
+    with rt().db.session() as session:
+        rows = session.scalars(
+            select(Registration).order_by(Registration.created_at.desc())
+        ).all()
+        return jsonify([registration_json(r) for r in rows])
+
+
+@bp.get("/registrations/<registration_id>")
+def get_registration(registration_id: str) -> Response:
+    """One registration: sites queried, candidates, prefetch progress."""
+    with rt().db.session() as session:
+        return jsonify(registration_json(_get(session, registration_id)))
+
+
+@bp.put("/registrations/<registration_id>/selection")
+def put_selection(registration_id: str) -> Response:
+    """Replace the selection: ``{"candidates": [id, ...]}``."""
+    body = request.get_json(silent=True)
+    ids = body.get("candidates") if isinstance(body, dict) else None
+    if not isinstance(ids, list) or not all(
+        isinstance(i, int) and not isinstance(i, bool) for i in ids
+    ):
+        raise InputError(
+            'expected {"candidates": [candidate id, ...]}',
+            [("candidates", "a list of integer candidate ids")],
+        )
+    with rt().db.session() as session:
+        registration = _get(session, registration_id)
+        selection.change_selection(
+            rt().settings, registration, ids, by=f"api:{request.remote_addr}"
+        )
+        session.flush()
+        body_out = registration_json(registration)
+    tasks.dispatch_due()
+    return jsonify(body_out)
+
+
+def _get(session: Any, registration_id: str) -> Registration:
+    registration = session.get(Registration, registration_id)
+    if registration is None:
+        raise NotFound(f"registration {registration_id} is unknown")
+    return cast(Registration, registration)

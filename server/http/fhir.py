@@ -1,0 +1,235 @@
+"""The FHIR R4 REST endpoint: Patient (identity feed), Appointment (registration),
+Task (prefetch progress) and the CapabilityStatement.
+
+Limitations
+-----------
+No search on Patient or Appointment, no conditional or versioned updates, no
+XML; Appointment cannot be updated yet.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, cast
+
+from flask import Blueprint, Response, current_app, jsonify, request, url_for
+from sqlalchemy import select
+
+from ihe.pix import patient_index
+from mappings.fhir_appointment import parse_appointment
+from mappings.fhir_patient import parse_patient
+from server import audit, tasks
+from server.errors import InputError, InvalidResource, NotFound
+from server.models import Patient, Prefetch, Registration
+from server.runtime import Runtime
+from server.workflow import registrations
+from server.workflow.status import task_resource
+
+bp = Blueprint("fhir", __name__)
+
+FHIR_JSON = "application/fhir+json"
+FHIR_ID_CHARS = frozenset(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-."
+)
+
+
+def rt() -> Runtime:
+    """The runtime this app serves."""
+    return cast(Runtime, current_app.config["SPIDERS_RUNTIME"])
+
+
+@bp.get("/metadata")
+def metadata() -> Response:
+    """The CapabilityStatement of this server."""
+    return _fhir(capability_statement())
+
+
+@bp.post("/Patient")
+def create_patient() -> Response:
+    """Identity feed: create or update a patient from its identifiers."""
+    return _feed_patient(None)
+
+
+@bp.put("/Patient/<resource_id>")
+def update_patient(resource_id: str) -> Response:
+    """Identity feed with a client-chosen id (update as create)."""
+    _check_id(resource_id)
+    return _feed_patient(resource_id)
+
+
+@bp.get("/Patient/<resource_id>")
+def read_patient(resource_id: str) -> Response:
+    """Read a patient as last fed."""
+    with rt().db.session() as session:
+        patient = session.get(Patient, resource_id)
+        if patient is None:
+            raise NotFound(f"Patient/{resource_id} is unknown")
+        return _fhir(patient.resource)
+
+
+@bp.post("/Appointment")
+def create_appointment() -> Response:
+    """Register a patient for a tumour board."""
+    body = _body()
+    req = parse_appointment(body)
+    with rt().db.session() as session:
+        done = registrations.register(session, req, body)
+        registration = done.registration
+        resource, reg_id = registration.resource, registration.id
+    if done.created and registration.discovery == "pending":
+        tasks.dispatch_due()
+    location = url_for("fhir.read_appointment", resource_id=reg_id)
+    return _fhir(resource, 201 if done.created else 200, location)
+
+
+@bp.get("/Appointment/<resource_id>")
+def read_appointment(resource_id: str) -> Response:
+    """Read a registration's Appointment as stored."""
+    with rt().db.session() as session:
+        registration = session.get(Registration, resource_id)
+        if registration is None:
+            raise NotFound(f"Appointment/{resource_id} is unknown")
+        return _fhir(registration.resource)
+
+
+@bp.get("/Task")
+def search_tasks() -> Response:
+    """Prefetch tasks, optionally of one Appointment (``based-on``)."""
+    based_on = request.args.get("based-on", "")
+    query = select(Prefetch, Registration.patient_id).join(
+        Registration, Registration.id == Prefetch.registration_id
+    )
+    if based_on:
+        query = query.where(
+            Prefetch.registration_id == based_on.removeprefix("Appointment/")
+        )
+    with rt().db.session() as session:
+        rows = session.execute(query.order_by(Prefetch.created_at)).all()
+        entries = [
+            {
+                "fullUrl": url_for("fhir.read_task", resource_id=p.id, _external=True),
+                "resource": task_resource(p, patient_id),
+                "search": {"mode": "match"},
+            }
+            for p, patient_id in rows
+        ]
+    return _fhir(
+        {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "total": len(entries),
+            "entry": entries,
+        }
+    )
+
+
+@bp.get("/Task/<resource_id>")
+def read_task(resource_id: str) -> Response:
+    """One prefetch as a Task."""
+    with rt().db.session() as session:
+        prefetch = session.get(Prefetch, resource_id)
+        if prefetch is None:
+            raise NotFound(f"Task/{resource_id} is unknown")
+        registration = session.get(Registration, prefetch.registration_id)
+        assert registration is not None
+        return _fhir(task_resource(prefetch, registration.patient_id))
+
+
+def capability_statement() -> dict[str, Any]:
+    """What this server accepts, as an R4 CapabilityStatement."""
+
+    def resource(kind: str, interactions: list[str], doc: str) -> dict[str, Any]:
+        return {
+            "type": kind,
+            "documentation": doc,
+            "interaction": [{"code": i} for i in interactions],
+        }
+
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": "2026-12-03",
+        "kind": "instance",
+        "software": {"name": "SPIDERS"},
+        "fhirVersion": "4.0.1",
+        "format": ["json"],
+        "rest": [
+            {
+                "mode": "server",
+                "resource": [
+                    resource(
+                        "Patient",
+                        ["create", "update", "read"],
+                        "Identity feed: every identifier sent together is linked.",
+                    ),
+                    resource(
+                        "Appointment",
+                        ["create", "read"],
+                        "Registration of a patient for a tumour board meeting.",
+                    ),
+                    resource(
+                        "Task",
+                        ["read", "search-type"],
+                        "One study's prefetch into the board's imaging cache.",
+                    ),
+                ],
+            }
+        ],
+    }
+
+
+def _feed_patient(resource_id: str | None) -> Response:
+    body = _body()
+    if resource_id is not None and body.get("id") not in (None, resource_id):
+        raise InvalidResource(
+            "the id in the body differs from the id in the URL",
+            [("Patient.id", "must equal the id in the URL")],
+        )
+    record = parse_patient(body)
+    with rt().db.session() as session:
+        result = patient_index.feed(session, record, body, resource_id)
+        patient = result.patient
+        patient.resource = registrations.stamp(body, patient.id, patient.version)
+        audit.patient_record(
+            session,
+            rt().settings,
+            patient,
+            action="C" if result.created else "U",
+            client=request.remote_addr or "unknown",
+        )
+        resource, pid = patient.resource, patient.id
+    location = url_for("fhir.read_patient", resource_id=pid)
+    return _fhir(resource, 201 if result.created else 200, location)
+
+
+def _body() -> dict[str, Any]:
+    raw = request.get_data(cache=False)
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError("the body is not JSON", [(None, f"not JSON: {exc}")]) from exc
+    if not isinstance(body, dict):
+        raise InputError("the body is not a JSON object")
+    return body
+
+
+def _check_id(resource_id: str) -> None:
+    if not (0 < len(resource_id) <= 64) or set(resource_id) - FHIR_ID_CHARS:
+        raise InputError(
+            f"{resource_id!r} is not a FHIR id",
+            [(None, "ids are 1-64 of A-Z a-z 0-9 - .")],
+        )
+
+
+def _fhir(
+    body: dict[str, Any], status: int = 200, location: str | None = None
+) -> Response:
+    response = jsonify(body)
+    response.status_code = status
+    response.mimetype = FHIR_JSON
+    if location:
+        response.headers["Location"] = location
+        version = (body.get("meta") or {}).get("versionId")
+        if version:
+            response.headers["ETag"] = f'W/"{version}"'
+    return response

@@ -1,0 +1,75 @@
+"""The patient index: one person, many identifiers, each in its domain.
+
+Limitations
+-----------
+One name per patient (the used name) plus the birth name; merge history and
+identity attributes other than the INS status are not modelled yet.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Date,
+    ForeignKey,
+    Integer,
+    String,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from server.models.base import Base, UTCDateTime, new_id, utcnow
+
+
+class Patient(Base):
+    """One person known to the patient index."""
+
+    __tablename__ = "patient"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    family_name: Mapped[str | None] = mapped_column(String(200))
+    given_names: Mapped[str | None] = mapped_column(String(200))
+    birth_family_name: Mapped[str | None] = mapped_column(String(200))
+    birth_date: Mapped[date | None] = mapped_column(Date)
+    sex: Mapped[str | None] = mapped_column(String(16))
+    ins_status: Mapped[str | None] = mapped_column(String(8))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    resource: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        UTCDateTime, default=utcnow, onupdate=utcnow
+    )
+
+    identifiers: Mapped[list[PatientIdentifier]] = relationship(
+        back_populates="patient",
+        cascade="all, delete-orphan",
+        order_by="PatientIdentifier.id",
+    )
+
+    def identifier_in(self, system: str) -> str | None:
+        """Return this patient's identifier value in domain `system`, if any."""
+        for ident in self.identifiers:
+            if ident.system == system:
+                return ident.value
+        return None
+
+
+class PatientIdentifier(Base):
+    """An identifier of a patient in one assigning authority (an OID)."""
+
+    __tablename__ = "patient_identifier"
+    __table_args__ = (UniqueConstraint("system", "value", name="uq_identifier"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    patient_id: Mapped[str] = mapped_column(
+        ForeignKey("patient.id", ondelete="CASCADE"), index=True
+    )
+    system: Mapped[str] = mapped_column(String(128))
+    value: Mapped[str] = mapped_column(String(128))
+    type_code: Mapped[str | None] = mapped_column(String(16))
+
+    patient: Mapped[Patient] = relationship(back_populates="identifiers")

@@ -1,0 +1,60 @@
+"""The process-wide runtime: settings, database and cache archive.
+
+Every entry point (HTTP app, DICOM listener, worker, command line) builds one
+:class:`Runtime` from the settings and shares it within its process.
+"""
+
+from __future__ import annotations
+
+import threading
+from functools import cached_property
+
+from ihe.dicom.archive import Archive
+from server.config import Settings, load_settings
+from server.db import Database
+
+
+class Runtime:
+    """Lazily built shared objects for one process.
+
+    Parameters
+    ----------
+    settings : Settings
+        The configuration this process runs with.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @cached_property
+    def db(self) -> Database:
+        """The database, schema created."""
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        db = Database(self.settings.database_url)
+        db.create_schema()
+        return db
+
+    @cached_property
+    def archive(self) -> Archive:
+        """The board cache's files and index."""
+        return Archive(self.settings.cache_dir, self.db.sessions)
+
+
+_lock = threading.Lock()
+_current: Runtime | None = None
+
+
+def current() -> Runtime:
+    """The runtime of this process, built from the environment on first use."""
+    global _current
+    with _lock:
+        if _current is None:
+            _current = Runtime(load_settings())
+        return _current
+
+
+def install(runtime: Runtime | None) -> None:
+    """Make `runtime` the one :func:`current` returns (tests, the CLI)."""
+    global _current
+    with _lock:
+        _current = runtime

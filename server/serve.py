@@ -1,0 +1,215 @@
+"""``spiders serve``: the HTTP API, the cache's DICOM listener and a worker.
+
+One process tree: this process runs the HTTP server (waitress), the DICOM
+listener (pynetdicom, in threads) and the dispatcher that hands due work to
+the queue; a child process runs the Celery worker on the configured broker.
+SIGINT or SIGTERM stops the listener, the worker and the HTTP server, in
+that order, and writes the Application Stop audit record.
+
+Limitations
+-----------
+The worker child is not restarted if it dies; ``spiders serve`` then exits
+with an error so that the service manager restarts the whole tree.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from pynetdicom import StoragePresentationContexts
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
+from pynetdicom.transport import ThreadedAssociationServer
+from waitress.server import create_server
+
+from ihe.dicom.ae import add_storage_scp_contexts, make_ae
+from ihe.dicom.qr_scp import QueryRetrieveSCP
+from ihe.dicom.storage_scp import AssociationSummary, StorageSCP
+from server import audit, tasks
+from server.http.app import create_app
+from server.runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+DISPATCH_INTERVAL = 2.0
+QR_MODELS = (
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelMove,
+    PatientRootQueryRetrieveInformationModelGet,
+)
+
+
+@dataclass
+class Services:
+    """Everything ``spiders serve`` started, to stop it in order."""
+
+    dicom: ThreadedAssociationServer
+    http: Any
+    worker: subprocess.Popen[bytes] | None
+    stop: threading.Event = field(default_factory=threading.Event)
+
+
+def start_dicom(rt: Runtime) -> ThreadedAssociationServer:
+    """Start the cache's listener: Storage SCP and Q/R SCP for the consoles."""
+    settings = rt.settings
+    ae = make_ae(settings.ae_title)
+    add_storage_scp_contexts(ae)
+    ae.add_supported_context(Verification)
+    for model in QR_MODELS:
+        ae.add_supported_context(model)
+    # C-GET and C-MOVE send back on storage contexts; C-GET needs SCP role.
+    for cx in StoragePresentationContexts:
+        ae.add_requested_context(cx.abstract_syntax)
+    storage = StorageSCP(rt.archive, on_association_done=_audit_delivery(rt))
+    qr = QueryRetrieveSCP(rt.archive, settings.ae_title, _destination(rt))
+    server = ae.start_server(
+        (settings.dicom_host, settings.dicom_port),
+        block=False,
+        evt_handlers=[*storage.handlers, *qr.handlers],
+    )
+    assert server is not None
+    logger.info(
+        "DICOM listener started",
+        extra={"ae_title": settings.ae_title, "port": settings.dicom_port},
+    )
+    return server
+
+
+def start_worker(rt: Runtime) -> subprocess.Popen[bytes]:
+    """Start the embedded Celery worker as a child process."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "server.cli",
+        "worker",
+        "--concurrency",
+        str(rt.settings.worker_concurrency),
+    ]
+    child = subprocess.Popen(cmd, env=os.environ.copy())
+    logger.info("worker started", extra={"pid": child.pid})
+    return child
+
+
+def serve(
+    rt: Runtime, *, with_worker: bool = True, ready: threading.Event | None = None
+) -> int:
+    """Run until SIGINT or SIGTERM; returns the exit status."""
+    settings = rt.settings
+    tasks.configure(settings)
+    with rt.db.session() as session:
+        audit.application(session, settings, started=True)
+    dicom = start_dicom(rt)
+    http = create_server(
+        create_app(rt), host=settings.http_host, port=settings.http_port, threads=8
+    )
+    worker = start_worker(rt) if with_worker else None
+    services = Services(dicom, http, worker)
+    _install_signals(services)
+    dispatcher = threading.Thread(
+        target=_dispatch_loop, args=(services,), name="dispatcher", daemon=True
+    )
+    dispatcher.start()
+    logger.info("HTTP server started", extra={"port": settings.http_port})
+    if ready is not None:
+        ready.set()
+    try:
+        http.run()
+    finally:
+        status = _shutdown(rt, services)
+    return status
+
+
+def _dispatch_loop(services: Services) -> None:
+    while not services.stop.wait(DISPATCH_INTERVAL):
+        try:
+            tasks.dispatch_due()
+        except Exception:
+            logger.exception("dispatch failed; trying again")
+        if services.worker is not None and services.worker.poll() is not None:
+            logger.error("worker exited", extra={"status": services.worker.returncode})
+            # Stop the whole tree through the main thread's signal handler.
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+
+
+def _install_signals(services: Services) -> None:
+    def stop(signum: int, _frame: object) -> None:
+        if services.stop.is_set():
+            return
+        logger.info("stop requested", extra={"signal": signal.Signals(signum).name})
+        services.stop.set()
+        # Leaves waitress's loop in the main thread, which then closes itself.
+        raise SystemExit(0)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+
+
+def _shutdown(rt: Runtime, services: Services) -> int:
+    services.stop.set()
+    services.http.close()
+    services.dicom.shutdown()
+    status = 0
+    if services.worker is not None:
+        if services.worker.poll() is None:
+            services.worker.send_signal(signal.SIGTERM)
+            try:
+                services.worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                services.worker.kill()
+                services.worker.wait()
+        else:
+            status = 1
+    with rt.db.session() as session:
+        audit.application(session, rt.settings, started=False)
+    logger.info("stopped")
+    return status
+
+
+def _destination(rt: Runtime) -> Any:
+    def lookup(ae_title: str) -> tuple[str, int] | None:
+        console = rt.settings.directory.console_by_ae(ae_title)
+        return (console.host, console.port) if console else None
+
+    return lookup
+
+
+def _audit_delivery(rt: Runtime) -> Any:
+    def write(summary: AssociationSummary) -> None:
+        settings = rt.settings
+        host = summary.address
+        with rt.db.session() as session:
+            for study in summary.studies:
+                audit.instances_transferred(
+                    session,
+                    settings,
+                    source_ae=summary.calling_ae,
+                    source_host=host,
+                    destination=audit.us(settings),
+                    study_uid=study.study_uid,
+                    sop_classes=study.sop_classes,
+                    patient_id=study.patient_id or "unknown",
+                    patient_name_value=study.patient_name,
+                    action="C" if study.new else "R",
+                    outcome=4 if summary.aborted else 0,
+                )
+
+    return write

@@ -1,0 +1,180 @@
+"""The task queue: Celery tasks and the dispatcher that feeds them.
+
+Work is recorded in the database first and handed to the queue second: a
+registration waits in discovery state ``pending`` and a prefetch in state
+``scheduled`` until :func:`dispatch_due` claims it (an UPDATE guarded by the
+expected state, so two dispatchers never send the same work twice) and sends
+its task. A lost message therefore never loses work: the row stays visible and
+the coordinator sees where it stopped.
+
+The broker is the one of ``SPIDERS_BROKER_URL``: on one machine kombu's
+SQLAlchemy transport on a SQLite file in the data directory; scaled out, Redis
+or RabbitMQ.
+
+Limitations
+-----------
+Work claimed by a worker that dies stays ``running``; nothing resumes it yet.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery
+from sqlalchemy import select, update
+
+from server import runtime
+from mappings.fhir_appointment import ACTIVE_STATUS
+from server.config import Settings
+from server.models import Prefetch, PrefetchState, Registration, utcnow
+from server.workflow import discovery, prefetch, selection
+
+logger = logging.getLogger(__name__)
+
+LOG_DISPATCHED = "work dispatched"
+QUEUE = "spiders"
+
+app = Celery("spiders", set_as_current=False)
+
+
+def configure(settings: Settings) -> Celery:
+    """Point the Celery app at the configured broker."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    options: dict[str, Any] = {}
+    if not settings.broker_url.startswith("sqla+"):
+        # kombu's SQLAlchemy transport hands its options to create_engine().
+        options["polling_interval"] = 0.5
+    app.conf.update(
+        broker_transport_options=options,
+        broker_url=settings.broker_url,
+        broker_connection_retry_on_startup=True,
+        task_default_queue=QUEUE,
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
+    )
+    return app
+
+
+@app.task(name="spiders.discover")
+def discover_task(registration_id: str) -> str:
+    """Query every site for a registration, select, and schedule prefetches."""
+    rt = runtime.current()
+    with rt.db.session() as session:
+        claimed = session.execute(
+            update(Registration)
+            .where(
+                Registration.id == registration_id, Registration.discovery == "queued"
+            )
+            .values(discovery="running")
+        )
+        if not getattr(claimed, "rowcount", 0):
+            return "skipped"
+    try:
+        with rt.db.session() as session:
+            registration = session.get(Registration, registration_id)
+            if registration is None:
+                return "missing"
+            discovery.discover(rt.settings, session, registration)
+            if registration.status in ACTIVE_STATUS:
+                selection.auto_select(rt.settings, registration)
+                selection.schedule(rt.settings, registration)
+    except Exception:
+        logger.exception("discovery failed", extra={"registration": registration_id})
+        with rt.db.session() as session:
+            session.execute(
+                update(Registration)
+                .where(Registration.id == registration_id)
+                .values(discovery="failed")
+            )
+        return "failed"
+    dispatch_due()
+    return "done"
+
+
+@app.task(name="spiders.prefetch")
+def prefetch_task(prefetch_id: str) -> str:
+    """Retrieve one study into the cache."""
+    rt = runtime.current()
+    if not prefetch.claim(rt.db, prefetch_id):
+        return "skipped"
+    state = prefetch.run(rt.settings, rt.db, rt.archive, prefetch_id)
+    if state == PrefetchState.SCHEDULED:
+        dispatch_due()
+    return state
+
+
+def dispatch_due() -> dict[str, int]:
+    """Send the tasks of pending discoveries and due prefetches."""
+    rt = runtime.current()
+    sent = {"discoveries": 0, "prefetches": 0}
+    with rt.db.session() as session:
+        pending = session.scalars(
+            select(Registration.id).where(Registration.discovery == "pending")
+        ).all()
+        due = session.scalars(
+            select(Prefetch.id).where(
+                Prefetch.state == PrefetchState.SCHEDULED, Prefetch.due_at <= utcnow()
+            )
+        ).all()
+    for registration_id in pending:
+        if _claim(Registration, registration_id, "discovery", "pending", "queued"):
+            _send(discover_task, registration_id)
+            sent["discoveries"] += 1
+    for prefetch_id in due:
+        if _claim(
+            Prefetch,
+            prefetch_id,
+            "state",
+            PrefetchState.SCHEDULED,
+            PrefetchState.QUEUED,
+        ):
+            _send(prefetch_task, prefetch_id)
+            sent["prefetches"] += 1
+    if any(sent.values()):
+        logger.info(LOG_DISPATCHED, extra=sent)
+    return sent
+
+
+def _claim(model: Any, row_id: str, column: str, old: str, new: str) -> bool:
+    rt = runtime.current()
+    with rt.db.session() as session:
+        result = session.execute(
+            update(model)
+            .where(model.id == row_id, getattr(model, column) == old)
+            .values({column: new})
+        )
+        return bool(getattr(result, "rowcount", 0))
+
+
+def _send(task: Any, row_id: str) -> None:
+    try:
+        task.apply_async((row_id,), queue=QUEUE)
+    except Exception as exc:
+        # The broker is down: put the work back so the next dispatch retries it.
+        logger.error(
+            "broker unavailable, work kept for the next dispatch",
+            extra={"error": type(exc).__name__},
+        )
+        _unclaim(row_id)
+
+
+def _unclaim(row_id: str) -> None:
+    rt = runtime.current()
+    with rt.db.session() as session:
+        session.execute(
+            update(Registration)
+            .where(Registration.id == row_id, Registration.discovery == "queued")
+            .values(discovery="pending")
+        )
+        session.execute(
+            update(Prefetch)
+            .where(Prefetch.id == row_id, Prefetch.state == PrefetchState.QUEUED)
+            .values(state=PrefetchState.SCHEDULED)
+        )

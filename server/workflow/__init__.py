@@ -1,0 +1,1 @@
+"""The tumour-board workflow: registration, discovery, selection, prefetch."""

@@ -1,0 +1,148 @@
+"""The state of a registration, as the coordinator and the FHIR Task see it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from server.models import Candidate, Prefetch, PrefetchState, Registration
+
+# PrefetchState → FHIR R4 Task.status (http://hl7.org/fhir/R4/valueset-task-status.html)
+TASK_STATUS = {
+    PrefetchState.SCHEDULED: "requested",
+    PrefetchState.QUEUED: "accepted",
+    PrefetchState.RUNNING: "in-progress",
+    PrefetchState.READY: "completed",
+    PrefetchState.PARTIAL: "failed",
+    PrefetchState.FAILED: "failed",
+    PrefetchState.CANCELLED: "cancelled",
+}
+
+
+def registration_state(registration: Registration) -> str:
+    """One word for the whole case.
+
+    ``discovering`` until every site answered; then ``no-studies`` when
+    nothing is selected, ``prefetching`` while any retrieve is unfinished,
+    and finally ``ready``, ``partial`` or ``failed``.
+    """
+    if registration.status not in ("booked", "arrived", "checked-in", "pending"):
+        return registration.status
+    if registration.discovery == "failed":
+        return "failed"
+    if registration.discovery != "done":
+        return "discovering"
+    prefetches = [c.prefetch for c in registration.candidates if c.prefetch]
+    if not prefetches:
+        return "no-studies"
+    states = {PrefetchState(p.state) for p in prefetches}
+    if not all(s.finished for s in states):
+        return "prefetching"
+    if states <= {PrefetchState.READY}:
+        return "ready"
+    if PrefetchState.READY in states or PrefetchState.PARTIAL in states:
+        return "partial"
+    return "failed"
+
+
+def candidate_json(candidate: Candidate) -> dict[str, Any]:
+    """A candidate study and its prefetch, for the JSON API."""
+    prefetch = candidate.prefetch
+    return {
+        "id": candidate.id,
+        "site": candidate.site_name,
+        "studyInstanceUID": candidate.study_uid,
+        "studyDate": candidate.study_date,
+        "modalities": candidate.modalities,
+        "description": candidate.description,
+        "accessionNumber": candidate.accession_number,
+        "numberOfSeries": candidate.num_series,
+        "numberOfInstances": candidate.num_instances,
+        "selected": candidate.selected,
+        "selectedBy": candidate.selected_by,
+        "identityWarning": candidate.warning,
+        "prefetch": prefetch_json(prefetch) if prefetch else None,
+    }
+
+
+def prefetch_json(prefetch: Prefetch) -> dict[str, Any]:
+    """One prefetch, for the JSON API."""
+    return {
+        "id": prefetch.id,
+        "state": prefetch.state,
+        "dueAt": prefetch.due_at.isoformat(),
+        "attempts": prefetch.attempts,
+        "expectedInstances": prefetch.expected_instances,
+        "receivedInstances": prefetch.received_instances,
+        "reason": prefetch.reason,
+    }
+
+
+def registration_json(registration: Registration) -> dict[str, Any]:
+    """A registration with its discovery and prefetch progress."""
+    return {
+        "id": registration.id,
+        "appointment": f"Appointment/{registration.id}",
+        "patient": f"Patient/{registration.patient_id}",
+        "board": registration.board.location_reference if registration.board else None,
+        "meetingStart": registration.meeting_start.isoformat()
+        if registration.meeting_start
+        else None,
+        "status": registration.status,
+        "state": registration_state(registration),
+        "discovery": registration.discovery,
+        "sites": [
+            {
+                "site": q.site_name,
+                "status": q.status,
+                "studiesFound": q.studies_found,
+                "reason": q.reason,
+            }
+            for q in registration.site_queries
+        ],
+        "candidates": [candidate_json(c) for c in registration.candidates],
+    }
+
+
+def task_resource(prefetch: Prefetch, patient_id: str) -> dict[str, Any]:
+    """A prefetch as a FHIR R4 Task."""
+    task: dict[str, Any] = {
+        "resourceType": "Task",
+        "id": prefetch.id,
+        "status": TASK_STATUS[PrefetchState(prefetch.state)],
+        "businessStatus": {"text": prefetch.state},
+        "intent": "order",
+        "code": {"text": "Retrieve a study into the tumour board's imaging cache"},
+        "focus": {
+            "type": "ImagingStudy",
+            "identifier": {
+                "system": "urn:dicom:uid",
+                "value": f"urn:oid:{prefetch.study_uid}",
+            },
+        },
+        "for": {"reference": f"Patient/{patient_id}"},
+        "basedOn": [{"reference": f"Appointment/{prefetch.registration_id}"}],
+        "authoredOn": prefetch.created_at.isoformat(),
+        "restriction": {"period": {"end": prefetch.due_at.isoformat()}},
+        "input": [{"type": {"text": "site"}, "valueString": prefetch.site_name}],
+        "output": [
+            {
+                "type": {"text": "received instances"},
+                "valueInteger": prefetch.received_instances,
+            },
+        ],
+    }
+    if prefetch.expected_instances is not None:
+        task["output"].append(
+            {
+                "type": {"text": "expected instances"},
+                "valueInteger": prefetch.expected_instances,
+            }
+        )
+    if prefetch.reason:
+        task["statusReason"] = {"text": prefetch.reason}
+    if prefetch.started_at:
+        period = {"start": prefetch.started_at.isoformat()}
+        if prefetch.finished_at:
+            period["end"] = prefetch.finished_at.isoformat()
+        task["executionPeriod"] = period
+    return task
