@@ -147,7 +147,8 @@ def _identifiers(patient: FhirPatient) -> tuple[Identifier, ...]:
         )
     if not found:
         raise InvalidResource(
-            "the Patient has no identifier: the index links patients only by identifiers",
+            "the Patient has no identifier: "
+            "the index links patients only by identifiers",
             [("Patient.identifier", "at least one identifier is required")],
         )
     return tuple(found)

@@ -38,6 +38,6 @@ def fold(text: str) -> str:
     """
     decomposed = unicodedata.normalize("NFKD", text)
     stripped = "".join(c for c in decomposed if not unicodedata.combining(c))
-    for sep in "-'’":
+    for sep in "-'\u2019":
         stripped = stripped.replace(sep, " ")
     return " ".join(stripped.upper().split())

@@ -74,8 +74,11 @@ def worker(concurrency: int) -> None:
 
     rt = _runtime()
     app = tasks.configure(rt.settings)
+    # Celery warns against root because of pickle; this app accepts JSON only.
+    warnings.filterwarnings("ignore", category=SecurityWarning)
     app.worker_main(
         [
+            "--quiet",
             "worker",
             "--pool",
             "threads",
@@ -149,7 +152,7 @@ def status() -> None:
     """Print every registration and the state of its prefetches."""
     from sqlalchemy import select
 
-    from server.models import Registration
+    from server.models import Candidate, Registration
     from server.workflow.status import registration_state
 
     rt = _runtime()
@@ -168,7 +171,9 @@ def status() -> None:
         for reg in session.scalars(select(Registration)).all():
             state = registration_state(reg)
             meeting = reg.meeting_start.isoformat() if reg.meeting_start else ""
-            rows = [c for c in reg.candidates if c.prefetch] or [None]
+            rows: list[Candidate | None] = [
+                c for c in reg.candidates if c.prefetch
+            ] or [None]
             for cand in rows:
                 p = cand.prefetch if cand else None
                 table.add_row(

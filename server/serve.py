@@ -24,7 +24,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pynetdicom import StoragePresentationContexts
-from pynetdicom.sop_class import (
+from pynetdicom.transport import ThreadedAssociationServer
+from waitress.server import create_server
+
+from ihe.dicom.ae import add_storage_scp_contexts, make_ae
+from ihe.dicom.qr_scp import QueryRetrieveSCP
+from ihe.dicom.sop_classes import (
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
     PatientRootQueryRetrieveInformationModelMove,
@@ -33,11 +38,6 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
     Verification,
 )
-from pynetdicom.transport import ThreadedAssociationServer
-from waitress.server import create_server
-
-from ihe.dicom.ae import add_storage_scp_contexts, make_ae
-from ihe.dicom.qr_scp import QueryRetrieveSCP
 from ihe.dicom.storage_scp import AssociationSummary, StorageSCP
 from server import audit, tasks
 from server.http.app import create_app
@@ -76,6 +76,8 @@ def start_dicom(rt: Runtime) -> ThreadedAssociationServer:
         ae.add_supported_context(model)
     # C-GET and C-MOVE send back on storage contexts; C-GET needs SCP role.
     for cx in StoragePresentationContexts:
+        # pynetdicom's own context lists always name their abstract syntax.
+        assert cx.abstract_syntax is not None
         ae.add_requested_context(cx.abstract_syntax)
     storage = StorageSCP(rt.archive, on_association_done=_audit_delivery(rt))
     qr = QueryRetrieveSCP(rt.archive, settings.ae_title, _destination(rt))

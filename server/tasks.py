@@ -24,8 +24,8 @@ from typing import Any
 from celery import Celery
 from sqlalchemy import select, update
 
-from server import runtime
 from mappings.fhir_appointment import ACTIVE_STATUS
+from server import runtime
 from server.config import Settings
 from server.models import Prefetch, PrefetchState, Registration, utcnow
 from server.workflow import discovery, prefetch, selection
@@ -62,7 +62,8 @@ def configure(settings: Settings) -> Celery:
     return app
 
 
-@app.task(name="spiders.discover")
+# Celery ships no type information: its decorator turns the function into Any.
+@app.task(name="spiders.discover")  # type: ignore[untyped-decorator]
 def discover_task(registration_id: str) -> str:
     """Query every site for a registration, select, and schedule prefetches."""
     rt = runtime.current()
@@ -98,7 +99,8 @@ def discover_task(registration_id: str) -> str:
     return "done"
 
 
-@app.task(name="spiders.prefetch")
+# Celery ships no type information, as for discover_task above.
+@app.task(name="spiders.prefetch")  # type: ignore[untyped-decorator]
 def prefetch_task(prefetch_id: str) -> str:
     """Retrieve one study into the cache."""
     rt = runtime.current()

@@ -92,6 +92,8 @@ def add_storage_scp_contexts(ae: AE) -> None:
     as the storage SCP on its own association.
     """
     for cx in AllStoragePresentationContexts:
+        # pynetdicom's own context lists always name their abstract syntax.
+        assert cx.abstract_syntax is not None
         ae.add_supported_context(
             cx.abstract_syntax, ALL_TRANSFER_SYNTAXES, scu_role=True, scp_role=True
         )

@@ -120,7 +120,7 @@ class QueryRetrieveSCP:
         self.move_destination = move_destination
 
     @property
-    def handlers(self) -> list[tuple[evt.EventType, Callable[..., object]]]:
+    def handlers(self) -> list[evt.EventHandlerType]:
         """The (event, handler) pairs to bind on the AE's server."""
         return [
             (evt.EVT_C_FIND, self.handle_find),

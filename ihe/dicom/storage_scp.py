@@ -83,7 +83,7 @@ class StorageSCP:
         self._open: dict[int, dict[str, StudyDelivery]] = defaultdict(dict)
 
     @property
-    def handlers(self) -> list[tuple[evt.EventType, Callable[..., object]]]:
+    def handlers(self) -> list[evt.EventHandlerType]:
         """The (event, handler) pairs to bind on the AE's server."""
         return [
             (evt.EVT_C_STORE, self.handle_store),

@@ -97,7 +97,8 @@ def feed(
         session.add(patient)
     elif patient_id is not None and patient.id != patient_id:
         raise IdentityError(
-            f"these identifiers belong to Patient/{patient.id}, not Patient/{patient_id}"
+            f"these identifiers belong to Patient/{patient.id}, "
+            f"not Patient/{patient_id}"
         )
     else:
         patient.version += 1

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
 from ihe.dicom.ae import make_ae
+from ihe.dicom.sop_classes import StudyRootQueryRetrieveInformationModelFind
 from mappings.dicom_study import StudyFound, study_from_identifier
 from server.errors import AssociationFailed, DimseFailure
 

@@ -31,9 +31,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove
 
 from ihe.dicom.ae import make_ae
+from ihe.dicom.sop_classes import StudyRootQueryRetrieveInformationModelMove
 
 logger = logging.getLogger(__name__)
 

@@ -159,7 +159,7 @@ class Server:
             headers={"Content-Type": "application/fhir+json"},
         )
         try:
-            with urllib.request.urlopen(req, timeout=30) as rsp:  # noqa: S310
+            with urllib.request.urlopen(req, timeout=30) as rsp:
                 return rsp.status, json.loads(rsp.read() or b"null")
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read() or b"null")

@@ -17,17 +17,17 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pynetdicom import StoragePresentationContexts
-from pynetdicom.sop_class import (
-    StudyRootQueryRetrieveInformationModelFind,
-    StudyRootQueryRetrieveInformationModelGet,
-    StudyRootQueryRetrieveInformationModelMove,
-    Verification,
-)
 from pynetdicom.transport import ThreadedAssociationServer
 
 from ihe.dicom.ae import add_storage_scp_contexts, make_ae
 from ihe.dicom.archive import Archive
 from ihe.dicom.qr_scp import QueryRetrieveSCP
+from ihe.dicom.sop_classes import (
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
 from server.db import Database
 
 logger = logging.getLogger(__name__)
@@ -80,6 +80,8 @@ class SimulatedSite:
         ):
             ae.add_supported_context(model)
         for cx in StoragePresentationContexts:
+            # pynetdicom's own context lists always name their abstract syntax.
+            assert cx.abstract_syntax is not None
             ae.add_requested_context(cx.abstract_syntax)
         qr = QueryRetrieveSCP(self.archive, self.ae_title, self.destinations.get)
         self._server = ae.start_server(

@@ -71,7 +71,9 @@ def operation_outcome(
 
 
 def _spiders_error(exc: SpidersError) -> Response:
-    issues = exc.issues if isinstance(exc, InputError) else [(None, str(exc))]
+    issues: list[tuple[str | None, str]] = (
+        exc.issues if isinstance(exc, InputError) else [(None, str(exc))]
+    )
     logger.info(
         "request refused",
         extra={
@@ -94,7 +96,9 @@ def _http_error(exc: HTTPException) -> Response:
 
 
 def _unexpected(exc: Exception) -> Response:
-    logger.exception(
-        "unexpected error while serving a request", extra={"path": request.path}
+    logger.error(
+        "unexpected error while serving a request",
+        exc_info=exc,
+        extra={"path": request.path},
     )
     return operation_outcome(500, "exception", [(None, "internal error")])

@@ -177,9 +177,12 @@ def identity_warning(registration: Registration, study: StudyFound) -> str | Non
     """Why the study's patient may not be the registered one, or ``None``."""
     patient = registration.patient
     reasons = []
-    if patient.birth_date and study.patient_birth_date:
-        if study.patient_birth_date != patient.birth_date.strftime("%Y%m%d"):
-            reasons.append("birth date differs from the patient index")
+    if (
+        patient.birth_date
+        and study.patient_birth_date
+        and study.patient_birth_date != patient.birth_date.strftime("%Y%m%d")
+    ):
+        reasons.append("birth date differs from the patient index")
     if patient.family_name and study.patient_name:
         family = study.patient_name.split("=", 1)[0].split("^", 1)[0]
         known = {fold(patient.family_name)}

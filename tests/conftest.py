@@ -1,0 +1,57 @@
+"""Shared fixtures: settings in a temporary data directory, the app, a client."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from server import runtime
+from server.config import Settings, load_settings
+from server.runtime import Runtime
+
+DATA = Path(__file__).parent / "data"
+
+
+def load_json(relative: str) -> dict[str, object]:
+    """A JSON file under tests/data."""
+    return json.loads((DATA / relative).read_text(encoding="utf-8"))
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Settings of the embedded default in a fresh data directory, no sites."""
+    return load_settings({"SPIDERS_DATA_DIR": str(tmp_path / "var")})
+
+
+@pytest.fixture
+def rt(settings: Settings) -> Iterator[Runtime]:
+    """A runtime installed as the process's, disposed after the test."""
+    instance = Runtime(settings)
+    runtime.install(instance)
+    from server import tasks
+
+    tasks.configure(settings)
+    yield instance
+    runtime.install(None)
+    instance.db.dispose()
+
+
+@pytest.fixture
+def app(rt: Runtime) -> Flask:
+    """The Flask application over `rt`."""
+    from server.http.app import create_app
+
+    application = create_app(rt)
+    application.config["TESTING"] = True
+    return application
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    """A test client of `app`."""
+    return app.test_client()
