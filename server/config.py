@@ -153,7 +153,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         http_port=_int(get("HTTP_PORT", "8080"), "SPIDERS_HTTP_PORT"),
         auto_select_modalities=modalities,
         auto_select_months=_int(get("AUTO_SELECT_MONTHS", "24"), "AUTO_SELECT_MONTHS"),
-        prefetch_lead_hours=_float(get("PREFETCH_LEAD_HOURS", "24"), "PREFETCH_LEAD"),
+        prefetch_lead_hours=_hours(get("PREFETCH_LEAD", "24h"), "SPIDERS_PREFETCH_LEAD"),
         worker_concurrency=_int(get("WORKER_CONCURRENCY", "4"), "WORKER_CONCURRENCY"),
         log_format=get("LOG_FORMAT", "text"),
         log_level=get("LOG_LEVEL", "INFO").upper(),
@@ -247,6 +247,15 @@ def _int(value: Any, where: str) -> int:
         return int(value)
     except (TypeError, ValueError) as exc:
         raise ConfigurationError(f"{where} must be an integer, not {value!r}") from exc
+
+
+def _hours(value: str, where: str) -> float:
+    """Hours from ``36``, ``24h``, ``90m`` or ``1.5d``."""
+    units = {"h": 1.0, "m": 1 / 60, "d": 24.0}
+    text = value.strip().lower()
+    factor = units.get(text[-1:], None)
+    number = text[:-1] if factor is not None else text
+    return _float(number, where) * (factor or 1.0)
 
 
 def _float(value: Any, where: str) -> float:

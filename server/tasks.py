@@ -41,6 +41,13 @@ app = Celery("spiders", set_as_current=False)
 def configure(settings: Settings) -> Celery:
     """Point the Celery app at the configured broker."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # A second configuration (tests, a changed URL) must not reuse the pools
+    # connected to the previous broker.
+    if app.configured and app.conf.broker_url != settings.broker_url:
+        if app._pool is not None:
+            app._pool.force_close_all()
+        app._pool = None
+        app.amqp._producer_pool = None
     options: dict[str, Any] = {}
     if not settings.broker_url.startswith("sqla+"):
         # kombu's SQLAlchemy transport hands its options to create_engine().
@@ -58,6 +65,11 @@ def configure(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
+        # Work waits in the database, not in the client: fail fast when the
+        # broker is down and let the next dispatch send it again.
+        broker_connection_timeout=3,
+        task_publish_retry_policy={"max_retries": 1, "interval_start": 0,
+                                   "interval_step": 0.5},
     )
     return app
 

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.peers import OrthancPeer, StoreSCP, require, run_dcmtk
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+from tests.peers import OrthancPeer, StoreSCP, require, run_dcmtk
 
 CONSOLE_AET = "CONSOLE"
 # One element of a dataset dump as dcmtk prints it: (0020,000d) UI [1.2.3] # ...

@@ -1,0 +1,109 @@
+"""Settings and the sites file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from server.config import load_settings
+from server.errors import ConfigurationError
+
+SITE = {"name": "a", "ae_title": "SITE_A", "host": "127.0.0.1", "port": 104,
+        "patient_id_domain": "urn:oid:2.999.1.1"}
+
+
+def sites_file(tmp_path: Path, text: str) -> dict[str, str]:
+    path = tmp_path / "sites.yaml"
+    path.write_text(text, encoding="utf-8")
+    return {"SPIDERS_SITES_FILE": str(path), "SPIDERS_DATA_DIR": str(tmp_path)}
+
+
+def test_load_settings_no_configuration_gives_embedded_default(tmp_path: Path) -> None:
+    settings = load_settings({"SPIDERS_DATA_DIR": str(tmp_path)})
+    assert settings.database_url == f"sqlite:///{tmp_path / 'spiders.sqlite'}"
+    assert settings.broker_url == f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}"
+    assert (settings.ae_title, settings.dicom_port, settings.http_port) == (
+        "SPIDERS", 11112, 8080)
+    assert settings.auto_select_modalities == ("CT", "MR", "PT")
+    assert settings.auto_select_months == 24
+    assert settings.prefetch_lead_hours == 24.0
+    assert settings.directory.sites == ()
+
+
+def test_load_settings_default_data_dir_is_var_in_working_directory(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert load_settings({}).data_dir == tmp_path / "var"
+
+
+def test_load_settings_scaled_urls_taken_as_given(tmp_path: Path) -> None:
+    settings = load_settings({
+        "SPIDERS_DATABASE_URL": "postgresql://spiders@127.0.0.1/spiders",
+        "SPIDERS_BROKER_URL": "redis://127.0.0.1:6379/0",
+        "SPIDERS_AUTO_SELECT_MODALITIES": "ct, mr",
+        "SPIDERS_PREFETCH_LEAD": "36",
+    })
+    assert settings.database_url.startswith("postgresql://")
+    assert settings.broker_url == "redis://127.0.0.1:6379/0"
+    assert settings.auto_select_modalities == ("CT", "MR")
+    assert settings.prefetch_lead_hours == 36.0
+
+
+@pytest.mark.parametrize("value", ["24h", "90m", "1.5d"])
+def test_load_settings_prefetch_lead_with_unit(value: str) -> None:
+    hours = {"24h": 24.0, "90m": 1.5, "1.5d": 36.0}[value]
+    assert load_settings({"SPIDERS_PREFETCH_LEAD": value}).prefetch_lead_hours == hours
+
+
+def test_load_directory_reads_sites_and_consoles(tmp_path: Path) -> None:
+    env = sites_file(tmp_path, """
+sites:
+  - {name: a, ae_title: SITE_A, host: 127.0.0.1, port: 104,
+     patient_id_domain: "urn:oid:2.999.1.1", retrieve: C-MOVE}
+consoles:
+  - {name: salle, ae_title: CONSOLE, host: 127.0.0.1, port: 11113}
+""")
+    directory = load_settings(env).directory
+    assert directory.site("a").patient_id_domain == "2.999.1.1"
+    assert directory.site("a").retrieve == "c-move"
+    assert directory.console_by_ae("CONSOLE") is not None
+    assert directory.console_by_ae("OTHER") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("sites: [{name: a}]", "sites[0] lacks ae_title, host, port, patient_id_domain"),
+        ("sites: [{name: a, ae_title: A, host: h, port: x, patient_id_domain: 1.2}]",
+         "sites[0].port must be an integer"),
+        ("sites: [{name: a, ae_title: A, host: h, port: 1, patient_id_domain: abc}]",
+         "sites[0].patient_id_domain must be an OID"),
+        ("sites: [{name: a, ae_title: A, host: h, port: 1, patient_id_domain: 1.2,"
+         " retrieve: ftp}]", "retrieve 'ftp' is not supported"),
+        ("sites: [{name: a, ae_title: WAY_TOO_LONG_AE_TITLE, host: h, port: 1,"
+         " patient_id_domain: 1.2}]", "is not an AE title"),
+        ("sites: [{name: a, ae_title: A, host: h, port: 1, patient_id_domain: 1.2},"
+         " {name: a, ae_title: B, host: h, port: 1, patient_id_domain: 1.3}]",
+         "duplicate site name 'a'"),
+        ("- just a list", "must be a mapping"),
+        ("sites: [unclosed", "cannot read sites file"),
+    ],
+)
+def test_load_directory_invalid_file_names_the_problem(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings(sites_file(tmp_path, text))
+    assert message in str(caught.value)
+
+
+def test_load_settings_bad_port_refused() -> None:
+    with pytest.raises(ConfigurationError, match="SPIDERS_DICOM_PORT"):
+        load_settings({"SPIDERS_DICOM_PORT": "eleven"})
+
+
+def test_directory_unknown_site_refused() -> None:
+    with pytest.raises(ConfigurationError, match="no site named 'x'"):
+        load_settings({}).directory.site("x")

@@ -1,0 +1,89 @@
+"""``spiders serve`` as an operator runs it: start, answer, stop cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from server.config import load_settings
+from server.demo.run import Server, server_env
+from tests.flow_support import assert_all_audit_valid
+from tests.peers import free_port, run_dcmtk
+
+
+def children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)],
+                         capture_output=True, text=True, check=False).stdout
+    return [int(p) for p in out.split()]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split()[2] != "Z"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_serve_stops_cleanly_on_signal_with_worker(tmp_path: Path, sig: int) -> None:
+    sites = tmp_path / "sites.yaml"
+    sites.write_text(yaml.safe_dump({"sites": [], "consoles": []}), encoding="utf-8")
+    http_port, dicom_port = free_port(), free_port()
+    env = server_env(load_settings({}), tmp_path / "data", sites, http_port, dicom_port)
+    server = Server(env, http_port, tmp_path / "serve.log")
+    try:
+        server.wait_ready()
+        assert server.get("/fhir/metadata")["resourceType"] == "CapabilityStatement"
+        deadline = time.monotonic() + 30
+        while not children(server.proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        workers = children(server.proc.pid)
+        assert len(workers) == 1
+        server.proc.send_signal(sig)
+        assert server.proc.wait(timeout=45) == 0
+    finally:
+        server.stop()
+    assert not any(alive(pid) for pid in workers)
+    rows = assert_all_audit_valid(tmp_path / "data")
+    assert [(e, a) for e, a, _ in rows] == [("110100", "E"), ("110100", "E")]
+    assert "110120" in rows[0][2] and "110121" in rows[1][2]
+    log = (tmp_path / "serve.log").read_text()
+    assert "stopped" in log
+    assert "Traceback" not in log
+
+
+@pytest.mark.peer
+def test_serve_dicom_listener_answers_echo(tmp_path: Path) -> None:
+    sites = tmp_path / "sites.yaml"
+    sites.write_text("sites: []\n", encoding="utf-8")
+    http_port, dicom_port = free_port(), free_port()
+    env = server_env(load_settings({}), tmp_path / "data", sites, http_port, dicom_port)
+    server = Server(env, http_port, tmp_path / "serve.log")
+    try:
+        server.wait_ready()
+        proc = run_dcmtk("echoscu", "-aet", "CONSOLE", "-aec", "SPIDERS",
+                         "127.0.0.1", str(dicom_port))
+        assert proc.returncode == 0, proc.stderr
+    finally:
+        assert server.stop() == 0
+
+
+def test_serve_bad_sites_file_exits_2_with_message(tmp_path: Path) -> None:
+    sites = tmp_path / "sites.yaml"
+    sites.write_text("sites: [{name: a}]\n", encoding="utf-8")
+    env = server_env(load_settings({}), tmp_path / "data", sites, free_port(),
+                     free_port())
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "server.cli", "serve"], env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2
+    assert "sites[0] lacks ae_title, host, port, patient_id_domain" in proc.stderr
