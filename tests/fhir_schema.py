@@ -13,7 +13,9 @@ from typing import Any
 
 from jsonschema import Draft6Validator
 
-SCHEMA = Path(__file__).parent / "data" / "schemas" / "fhir" / "fhir.schema.r4-4.0.1.json"
+SCHEMA = (
+    Path(__file__).parent / "data" / "schemas" / "fhir" / "fhir.schema.r4-4.0.1.json"
+)
 
 
 @cache
@@ -24,8 +26,10 @@ def _validator() -> Draft6Validator:
 
 def fhir_errors(resource: Any) -> list[str]:
     """Schema errors of `resource`, empty when valid."""
-    return [f"{'/'.join(map(str, e.path))}: {e.message}"
-            for e in _validator().iter_errors(resource)]
+    return [
+        f"{'/'.join(map(str, e.path))}: {e.message}"
+        for e in _validator().iter_errors(resource)
+    ]
 
 
 def assert_valid_fhir(resource: Any) -> None:

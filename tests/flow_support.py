@@ -15,13 +15,18 @@ from tests.audit_schema import assert_valid_audit
 from tests.peers import free_port
 
 
-def start_server(root: Path, sites_file: Path, ae_title: str = "SPIDERS",
-                 dicom_port: int | None = None) -> demo.Server:
+def start_server(
+    root: Path,
+    sites_file: Path,
+    ae_title: str = "SPIDERS",
+    dicom_port: int | None = None,
+) -> demo.Server:
     """``spiders serve`` on free ports with its data under `root`."""
     settings = load_settings({"SPIDERS_AE_TITLE": ae_title})
     http_port = free_port()
-    env = demo.server_env(settings, root / "spiders", sites_file, http_port,
-                          dicom_port or free_port())
+    env = demo.server_env(
+        settings, root / "spiders", sites_file, http_port, dicom_port or free_port()
+    )
     env["SPIDERS_LOG_LEVEL"] = "INFO"
     server = demo.Server(env, http_port, root / "spiders.log")
     server.wait_ready()
@@ -38,16 +43,18 @@ def cached_study_uids(data_dir: Path) -> set[str]:
 def cached_counts(data_dir: Path) -> dict[str, int]:
     """Instances per study in the cache index."""
     with _engine(data_dir).connect() as conn:
-        rows = conn.execute(text(
-            "SELECT study_uid, count(*) FROM cached_instance GROUP BY study_uid"))
+        rows = conn.execute(
+            text("SELECT study_uid, count(*) FROM cached_instance GROUP BY study_uid")
+        )
         return {row[0]: int(row[1]) for row in rows}
 
 
 def audit_rows(data_dir: Path) -> list[tuple[str, str, str]]:
     """(event id, action, xml) of every audit record, in order."""
     with _engine(data_dir).connect() as conn:
-        rows = conn.execute(text(
-            "SELECT event_id, event_action, xml FROM audit_record ORDER BY id"))
+        rows = conn.execute(
+            text("SELECT event_id, event_action, xml FROM audit_record ORDER BY id")
+        )
         return [(r[0], r[1], r[2]) for r in rows]
 
 

@@ -73,27 +73,35 @@ def test_flow_every_registered_case_ready_with_exact_counts(flow: Flow) -> None:
         assert reg["state"] == "ready", reg
         fetched = {
             c["studyInstanceUID"]: c["prefetch"]["receivedInstances"]
-            for c in reg["candidates"] if c["prefetch"]
+            for c in reg["candidates"]
+            if c["prefetch"]
         }
         assert fetched == expected_studies(flow, person)
         for cand in reg["candidates"]:
             if cand["prefetch"]:
                 assert cand["prefetch"]["state"] == "ready"
-                assert (cand["prefetch"]["expectedInstances"]
-                        == cand["prefetch"]["receivedInstances"])
+                assert (
+                    cand["prefetch"]["expectedInstances"]
+                    == cand["prefetch"]["receivedInstances"]
+                )
 
 
 def test_flow_patient_found_at_two_sites_under_two_local_ids(flow: Flow) -> None:
     reg = flow.final["leveque"]
     assert {s["site"]: s["status"] for s in reg["sites"]} == {
-        "chu-nord": "ok", "ch-valmont": "ok", "clinique-sud": "no-identifier",
+        "chu-nord": "ok",
+        "ch-valmont": "ok",
+        "clinique-sud": "no-identifier",
     }
     by_site = {}
     for cand in reg["candidates"]:
         by_site.setdefault(cand["site"], set()).add(cand["studyInstanceUID"])
     all_of = {
-        site: {made.study_uid for study, made in flow.network.studies
-               if study.person == "leveque" and study.site == site}
+        site: {
+            made.study_uid
+            for study, made in flow.network.studies
+            if study.person == "leveque" and study.site == site
+        }
         for site in ("chu-nord", "ch-valmont")
     }
     assert by_site == all_of
@@ -102,21 +110,29 @@ def test_flow_patient_found_at_two_sites_under_two_local_ids(flow: Flow) -> None
 def test_flow_rule_leaves_old_and_unselected_modalities_out(flow: Flow) -> None:
     reg = flow.final["leveque"]
     selected = {c["studyInstanceUID"] for c in reg["candidates"] if c["selected"]}
-    not_selected = {made.study_uid for study, made in flow.network.studies
-                    if study.person == "leveque" and not study.expect_selected}
+    not_selected = {
+        made.study_uid
+        for study, made in flow.network.studies
+        if study.person == "leveque" and not study.expect_selected
+    }
     assert len(not_selected) == 2
     assert not (selected & not_selected)
     assert all(c["selectedBy"] == "rule" for c in reg["candidates"] if c["selected"])
 
 
 def test_flow_homonym_studies_never_in_cache(flow: Flow) -> None:
-    homonym = {made.study_uid for study, made in flow.network.studies
-               if study.person == "leveque-homonym"}
+    homonym = {
+        made.study_uid
+        for study, made in flow.network.studies
+        if study.person == "leveque-homonym"
+    }
     assert len(homonym) == 2
     cached = cached_counts(flow.root / "spiders")
     assert not (homonym & set(cached))
-    expected = {**expected_studies(flow, "leveque"),
-                **expected_studies(flow, "desoeuvres")}
+    expected = {
+        **expected_studies(flow, "leveque"),
+        **expected_studies(flow, "desoeuvres"),
+    }
     assert cached == expected
 
 
@@ -133,14 +149,30 @@ def test_flow_task_resources_report_each_prefetch(flow: Flow) -> None:
 
 def test_console_findscu_study_level_answers_counts_from_cache(flow: Flow) -> None:
     study_uid, instances = next(iter(expected_studies(flow, "leveque").items()))
-    series = {len(made.series_uids) for _, made in flow.network.studies
-              if made.study_uid == study_uid}.pop()
+    series = {
+        len(made.series_uids)
+        for _, made in flow.network.studies
+        if made.study_uid == study_uid
+    }.pop()
     proc = run_dcmtk(
-        "findscu", "-S", "-aet", demo.CONSOLE_AE, "-aec", "SPIDERS", "127.0.0.1",
-        str(flow.dicom_port), "-k", "QueryRetrieveLevel=STUDY",
-        "-k", f"StudyInstanceUID={study_uid}",
-        "-k", "NumberOfStudyRelatedSeries", "-k", "NumberOfStudyRelatedInstances",
-        "-k", "PatientName",
+        "findscu",
+        "-S",
+        "-aet",
+        demo.CONSOLE_AE,
+        "-aec",
+        "SPIDERS",
+        "127.0.0.1",
+        str(flow.dicom_port),
+        "-k",
+        "QueryRetrieveLevel=STUDY",
+        "-k",
+        f"StudyInstanceUID={study_uid}",
+        "-k",
+        "NumberOfStudyRelatedSeries",
+        "-k",
+        "NumberOfStudyRelatedInstances",
+        "-k",
+        "PatientName",
     )
     assert proc.returncode == 0, proc.stderr
     assert findscu_values(proc, "(0020,000d)") == [study_uid]
@@ -150,23 +182,49 @@ def test_console_findscu_study_level_answers_counts_from_cache(flow: Flow) -> No
 
 def test_console_findscu_by_patient_id_lists_cached_studies(flow: Flow) -> None:
     proc = run_dcmtk(
-        "findscu", "-S", "-aet", demo.CONSOLE_AE, "-aec", "SPIDERS", "127.0.0.1",
-        str(flow.dicom_port), "-k", "QueryRetrieveLevel=STUDY",
-        "-k", "PatientID=NORD-100234", "-k", "StudyInstanceUID",
+        "findscu",
+        "-S",
+        "-aet",
+        demo.CONSOLE_AE,
+        "-aec",
+        "SPIDERS",
+        "127.0.0.1",
+        str(flow.dicom_port),
+        "-k",
+        "QueryRetrieveLevel=STUDY",
+        "-k",
+        "PatientID=NORD-100234",
+        "-k",
+        "StudyInstanceUID",
     )
     assert proc.returncode == 0, proc.stderr
-    nord = {made.study_uid for study, made in flow.network.studies
-            if study.person == "leveque" and study.site == "chu-nord"
-            and study.expect_selected}
+    nord = {
+        made.study_uid
+        for study, made in flow.network.studies
+        if study.person == "leveque"
+        and study.site == "chu-nord"
+        and study.expect_selected
+    }
     assert set(findscu_values(proc, "(0020,000d)")) == nord
 
 
 def test_console_movescu_pulls_study_to_console(flow: Flow) -> None:
     study_uid, instances = next(iter(expected_studies(flow, "desoeuvres").items()))
     proc = run_dcmtk(
-        "movescu", "-S", "-aet", demo.CONSOLE_AE, "-aec", "SPIDERS",
-        "-aem", demo.CONSOLE_AE, "127.0.0.1", str(flow.dicom_port),
-        "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_uid}",
+        "movescu",
+        "-S",
+        "-aet",
+        demo.CONSOLE_AE,
+        "-aec",
+        "SPIDERS",
+        "-aem",
+        demo.CONSOLE_AE,
+        "127.0.0.1",
+        str(flow.dicom_port),
+        "-k",
+        "QueryRetrieveLevel=STUDY",
+        "-k",
+        f"StudyInstanceUID={study_uid}",
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
@@ -176,13 +234,27 @@ def test_console_movescu_pulls_study_to_console(flow: Flow) -> None:
 def test_console_movescu_to_unknown_destination_refused_a801(flow: Flow) -> None:
     study_uid = next(iter(expected_studies(flow, "desoeuvres")))
     proc = run_dcmtk(
-        "movescu", "-v", "-S", "-aet", demo.CONSOLE_AE, "-aec", "SPIDERS",
-        "-aem", "NOT_A_CONSOLE", "127.0.0.1", str(flow.dicom_port),
-        "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_uid}",
+        "movescu",
+        "-v",
+        "-S",
+        "-aet",
+        demo.CONSOLE_AE,
+        "-aec",
+        "SPIDERS",
+        "-aem",
+        "NOT_A_CONSOLE",
+        "127.0.0.1",
+        str(flow.dicom_port),
+        "-k",
+        "QueryRetrieveLevel=STUDY",
+        "-k",
+        f"StudyInstanceUID={study_uid}",
     )
     # dcmtk names status 0xA801 "Refused: MoveDestinationUnknown".
-    assert "final move response (refused: movedestinationunknown)" in (
-        proc.stdout + proc.stderr).lower()
+    assert (
+        "final move response (refused: movedestinationunknown)"
+        in (proc.stdout + proc.stderr).lower()
+    )
 
 
 def test_console_getscu_retrieves_study(flow: Flow, tmp_path: Path) -> None:
@@ -190,9 +262,21 @@ def test_console_getscu_retrieves_study(flow: Flow, tmp_path: Path) -> None:
     out = tmp_path / "get"
     out.mkdir()
     proc = run_dcmtk(
-        "getscu", "-S", "-aet", demo.CONSOLE_AE, "-aec", "SPIDERS", "127.0.0.1",
-        str(flow.dicom_port), "-k", "QueryRetrieveLevel=STUDY",
-        "-k", f"StudyInstanceUID={study_uid}", "-od", str(out), timeout=120,
+        "getscu",
+        "-S",
+        "-aet",
+        demo.CONSOLE_AE,
+        "-aec",
+        "SPIDERS",
+        "127.0.0.1",
+        str(flow.dicom_port),
+        "-k",
+        "QueryRetrieveLevel=STUDY",
+        "-k",
+        f"StudyInstanceUID={study_uid}",
+        "-od",
+        str(out),
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     assert len(list(out.iterdir())) == instances

@@ -26,8 +26,10 @@ def booked() -> dict[str, Any]:
         "end": "2025-04-02T16:30:00+02:00",
         "participant": [
             {"actor": {"reference": "Patient/p1"}, "status": "accepted"},
-            {"actor": {"reference": "Location/rcp-1", "display": "RCP"},
-             "status": "accepted"},
+            {
+                "actor": {"reference": "Location/rcp-1", "display": "RCP"},
+                "status": "accepted",
+            },
         ],
     }
 
@@ -40,7 +42,9 @@ def test_parse_patient_c22_masked_birth_date_maps_to_empty_values() -> None:
     pid = to_pid_fields(record)
     assert pid["PID-7"] == ""
     assert pid["PID-5"] == "FAURE^Hélène"
-    assert pid["PID-3"].split("~")[0] == "279089912300175^^^&1.2.250.1.213.1.4.8&ISO^INS"
+    assert (
+        pid["PID-3"].split("~")[0] == "279089912300175^^^&1.2.250.1.213.1.4.8&ISO^INS"
+    )
     ds = to_dicom_patient(record, primary_authority="2.999.1.1")
     assert ds.PatientBirthDate == ""
     assert ds["PatientBirthDate"].is_empty
@@ -72,10 +76,14 @@ def test_parse_patient_unknown_element_is_refused_with_its_path() -> None:
 def test_identifier_urn_oid_system_maps_to_hl7_universal_id() -> None:
     assert system_to_authority("urn:oid:1.2.250.1.213.1.4.8") == INS_NIR
     assert system_to_authority("https://example.org/ids") == "https://example.org/ids"
-    assert to_cx(Identifier("2.999.1.1", "A1", "PI", "CHU")) == "A1^^^CHU&2.999.1.1&ISO^PI"
+    assert (
+        to_cx(Identifier("2.999.1.1", "A1", "PI", "CHU")) == "A1^^^CHU&2.999.1.1&ISO^PI"
+    )
 
 
-def test_parse_appointment_c20a_instants_without_zone_refused_on_start_and_end() -> None:
+def test_parse_appointment_c20a_instants_without_zone_refused_on_start_and_end() -> (
+    None
+):
     with pytest.raises(InvalidResource) as caught:
         parse_appointment(load_json(C20A))
     expressions = [expr for expr, _ in caught.value.issues]
@@ -106,10 +114,18 @@ def test_parse_appointment_booked_gives_meeting_patient_and_board() -> None:
         ({"start": None, "end": None}, "Appointment.start"),
         ({"cancelationReason": {"text": "x"}}, "Appointment.cancelationReason"),
         ({"end": "2025-04-02T10:00:00+02:00"}, "Appointment.end"),
-        ({"participant": [{"actor": {"reference": "Location/x"},
-                           "status": "accepted"}]}, "Appointment.participant"),
-        ({"participant": [{"actor": {"reference": "Patient/p"},
-                           "status": "maybe"}]}, "Appointment.participant[0].status"),
+        (
+            {
+                "participant": [
+                    {"actor": {"reference": "Location/x"}, "status": "accepted"}
+                ]
+            },
+            "Appointment.participant",
+        ),
+        (
+            {"participant": [{"actor": {"reference": "Patient/p"}, "status": "maybe"}]},
+            "Appointment.participant[0].status",
+        ),
     ],
 )
 def test_parse_appointment_rule_broken_names_the_element(

@@ -9,8 +9,13 @@ import pytest
 from server.config import load_settings
 from server.errors import ConfigurationError
 
-SITE = {"name": "a", "ae_title": "SITE_A", "host": "127.0.0.1", "port": 104,
-        "patient_id_domain": "urn:oid:2.999.1.1"}
+SITE = {
+    "name": "a",
+    "ae_title": "SITE_A",
+    "host": "127.0.0.1",
+    "port": 104,
+    "patient_id_domain": "urn:oid:2.999.1.1",
+}
 
 
 def sites_file(tmp_path: Path, text: str) -> dict[str, str]:
@@ -24,7 +29,10 @@ def test_load_settings_no_configuration_gives_embedded_default(tmp_path: Path) -
     assert settings.database_url == f"sqlite:///{tmp_path / 'spiders.sqlite'}"
     assert settings.broker_url == f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}"
     assert (settings.ae_title, settings.dicom_port, settings.http_port) == (
-        "SPIDERS", 11112, 8080)
+        "SPIDERS",
+        11112,
+        8080,
+    )
     assert settings.auto_select_modalities == ("CT", "MR", "PT")
     assert settings.auto_select_months == 24
     assert settings.prefetch_lead_hours == 24.0
@@ -39,12 +47,14 @@ def test_load_settings_default_data_dir_is_var_in_working_directory(
 
 
 def test_load_settings_scaled_urls_taken_as_given(tmp_path: Path) -> None:
-    settings = load_settings({
-        "SPIDERS_DATABASE_URL": "postgresql://spiders@127.0.0.1/spiders",
-        "SPIDERS_BROKER_URL": "redis://127.0.0.1:6379/0",
-        "SPIDERS_AUTO_SELECT_MODALITIES": "ct, mr",
-        "SPIDERS_PREFETCH_LEAD": "36",
-    })
+    settings = load_settings(
+        {
+            "SPIDERS_DATABASE_URL": "postgresql://spiders@127.0.0.1/spiders",
+            "SPIDERS_BROKER_URL": "redis://127.0.0.1:6379/0",
+            "SPIDERS_AUTO_SELECT_MODALITIES": "ct, mr",
+            "SPIDERS_PREFETCH_LEAD": "36",
+        }
+    )
     assert settings.database_url.startswith("postgresql://")
     assert settings.broker_url == "redis://127.0.0.1:6379/0"
     assert settings.auto_select_modalities == ("CT", "MR")
@@ -58,13 +68,16 @@ def test_load_settings_prefetch_lead_with_unit(value: str) -> None:
 
 
 def test_load_directory_reads_sites_and_consoles(tmp_path: Path) -> None:
-    env = sites_file(tmp_path, """
+    env = sites_file(
+        tmp_path,
+        """
 sites:
   - {name: a, ae_title: SITE_A, host: 127.0.0.1, port: 104,
      patient_id_domain: "urn:oid:2.999.1.1", retrieve: C-MOVE}
 consoles:
   - {name: salle, ae_title: CONSOLE, host: 127.0.0.1, port: 11113}
-""")
+""",
+    )
     directory = load_settings(env).directory
     assert directory.site("a").patient_id_domain == "2.999.1.1"
     assert directory.site("a").retrieve == "c-move"
@@ -75,18 +88,33 @@ consoles:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("sites: [{name: a}]", "sites[0] lacks ae_title, host, port, patient_id_domain"),
-        ("sites: [{name: a, ae_title: A, host: h, port: x, patient_id_domain: 1.2}]",
-         "sites[0].port must be an integer"),
-        ("sites: [{name: a, ae_title: A, host: h, port: 1, patient_id_domain: abc}]",
-         "sites[0].patient_id_domain must be an OID"),
-        ("sites: [{name: a, ae_title: A, host: h, port: 1, patient_id_domain: 1.2,"
-         " retrieve: ftp}]", "retrieve 'ftp' is not supported"),
-        ("sites: [{name: a, ae_title: WAY_TOO_LONG_AE_TITLE, host: h, port: 1,"
-         " patient_id_domain: 1.2}]", "is not an AE title"),
-        ("sites: [{name: a, ae_title: A, host: h, port: 1, patient_id_domain: 1.2},"
-         " {name: a, ae_title: B, host: h, port: 1, patient_id_domain: 1.3}]",
-         "duplicate site name 'a'"),
+        (
+            "sites: [{name: a}]",
+            "sites[0] lacks ae_title, host, port, patient_id_domain",
+        ),
+        (
+            "sites: [{name: a, ae_title: A, host: h, port: x, patient_id_domain: 1.2}]",
+            "sites[0].port must be an integer",
+        ),
+        (
+            "sites: [{name: a, ae_title: A, host: h, port: 1, patient_id_domain: abc}]",
+            "sites[0].patient_id_domain must be an OID",
+        ),
+        (
+            "sites: [{name: a, ae_title: A, host: h, port: 1, patient_id_domain: 1.2,"
+            " retrieve: ftp}]",
+            "retrieve 'ftp' is not supported",
+        ),
+        (
+            "sites: [{name: a, ae_title: WAY_TOO_LONG_AE_TITLE, host: h, port: 1,"
+            " patient_id_domain: 1.2}]",
+            "is not an AE title",
+        ),
+        (
+            "sites: [{name: a, ae_title: A, host: h, port: 1, patient_id_domain: 1.2},"
+            " {name: a, ae_title: B, host: h, port: 1, patient_id_domain: 1.3}]",
+            "duplicate site name 'a'",
+        ),
         ("- just a list", "must be a mapping"),
         ("sites: [unclosed", "cannot read sites file"),
     ],

@@ -18,8 +18,12 @@ from tests.peers import free_port, run_dcmtk
 
 
 def children(pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)],
-                         capture_output=True, text=True, check=False).stdout
+    out = subprocess.run(
+        ["ps", "-o", "pid=", "--ppid", str(pid)],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
     return [int(p) for p in out.split()]
 
 
@@ -69,8 +73,15 @@ def test_serve_dicom_listener_answers_echo(tmp_path: Path) -> None:
     server = Server(env, http_port, tmp_path / "serve.log")
     try:
         server.wait_ready()
-        proc = run_dcmtk("echoscu", "-aet", "CONSOLE", "-aec", "SPIDERS",
-                         "127.0.0.1", str(dicom_port))
+        proc = run_dcmtk(
+            "echoscu",
+            "-aet",
+            "CONSOLE",
+            "-aec",
+            "SPIDERS",
+            "127.0.0.1",
+            str(dicom_port),
+        )
         assert proc.returncode == 0, proc.stderr
     finally:
         assert server.stop() == 0
@@ -79,11 +90,18 @@ def test_serve_dicom_listener_answers_echo(tmp_path: Path) -> None:
 def test_serve_bad_sites_file_exits_2_with_message(tmp_path: Path) -> None:
     sites = tmp_path / "sites.yaml"
     sites.write_text("sites: [{name: a}]\n", encoding="utf-8")
-    env = server_env(load_settings({}), tmp_path / "data", sites, free_port(),
-                     free_port())
+    env = server_env(
+        load_settings({}), tmp_path / "data", sites, free_port(), free_port()
+    )
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "server.cli", "serve"], env=env,
-                          capture_output=True, text=True, timeout=60, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "server.cli", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == 2
     assert "sites[0] lacks ae_title, host, port, patient_id_domain" in proc.stderr

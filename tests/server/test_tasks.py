@@ -17,17 +17,29 @@ from tests.peers import free_port
 def seed(rt: Runtime, due: datetime) -> None:
     with rt.db.session() as session:
         patient = Patient(id="p1")
-        reg = Registration(id="r1", status="booked", patient=patient,
-                           discovery="pending")
+        reg = Registration(
+            id="r1", status="booked", patient=patient, discovery="pending"
+        )
         session.add(reg)
         session.flush()
         from server.models import Candidate
 
-        cand = Candidate(registration_id="r1", site_name="a", study_uid="1.2.3",
-                         patient_id_at_site="A1", modalities=["CT"], selected=True)
-        cand.prefetch = Prefetch(id="f1", registration_id="r1", site_name="a",
-                                 study_uid="1.2.3", due_at=due,
-                                 state=PrefetchState.SCHEDULED)
+        cand = Candidate(
+            registration_id="r1",
+            site_name="a",
+            study_uid="1.2.3",
+            patient_id_at_site="A1",
+            modalities=["CT"],
+            selected=True,
+        )
+        cand.prefetch = Prefetch(
+            id="f1",
+            registration_id="r1",
+            site_name="a",
+            study_uid="1.2.3",
+            due_at=due,
+            state=PrefetchState.SCHEDULED,
+        )
         session.add(cand)
 
 
@@ -65,10 +77,12 @@ def test_dispatch_due_broker_down_keeps_work_for_next_dispatch(
 ) -> None:
     from server import runtime
 
-    settings = load_settings({
-        "SPIDERS_DATA_DIR": str(tmp_path),
-        "SPIDERS_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0",
-    })
+    settings = load_settings(
+        {
+            "SPIDERS_DATA_DIR": str(tmp_path),
+            "SPIDERS_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0",
+        }
+    )
     rt = Runtime(settings)
     runtime.install(rt)
     tasks.configure(settings)

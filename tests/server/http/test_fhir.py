@@ -169,7 +169,10 @@ def test_create_appointment_resent_is_registered_once(
     assert again.get_json()["id"] == first.get_json()["id"]
     assert count(rt, Registration) == 1
     changed = appointment_body(patient["id"])
-    changed["start"], changed["end"] = "2030-05-01T09:00:00+02:00", "2030-05-01T10:00:00+02:00"
+    changed["start"], changed["end"] = (
+        "2030-05-01T09:00:00+02:00",
+        "2030-05-01T10:00:00+02:00",
+    )
     assert_outcome(post(client, "/fhir/Appointment", changed), 409)
     assert count(rt, Registration) == 1
 
@@ -192,8 +195,12 @@ def test_create_appointment_c21_noshow_with_cancelation_reason_201(
 ) -> None:
     patient = patient_body()
     patient["id"] = "pat-4000147"
-    assert client.put("/fhir/Patient/pat-4000147", data=json.dumps(patient),
-                      content_type=FHIR).status_code == 201
+    assert (
+        client.put(
+            "/fhir/Patient/pat-4000147", data=json.dumps(patient), content_type=FHIR
+        ).status_code
+        == 201
+    )
     rsp = post(client, "/fhir/Appointment", load_json(C21))
     assert rsp.status_code == 201, rsp.get_data(as_text=True)
     read = client.get(rsp.headers["Location"]).get_json()
@@ -208,7 +215,9 @@ def test_create_appointment_c21_noshow_with_cancelation_reason_201(
 def test_create_appointment_unknown_patient_422_nothing_stored(
     client: FlaskClient, rt: Runtime
 ) -> None:
-    body = assert_outcome(post(client, "/fhir/Appointment", appointment_body("nobody")), 422)
+    body = assert_outcome(
+        post(client, "/fhir/Appointment", appointment_body("nobody")), 422
+    )
     assert body["issue"][0]["code"] == "not-found"
     assert count(rt, Registration) == 0
 
@@ -231,14 +240,20 @@ def test_post_json_array_400(client: FlaskClient) -> None:
 
 
 def test_read_unknown_resources_404(client: FlaskClient) -> None:
-    for path in ("/fhir/Patient/x", "/fhir/Appointment/x", "/fhir/Task/x",
-                 "/api/registrations/x", "/fhir/Nothing"):
+    for path in (
+        "/fhir/Patient/x",
+        "/fhir/Appointment/x",
+        "/fhir/Task/x",
+        "/api/registrations/x",
+        "/fhir/Nothing",
+    ):
         assert_outcome(client.get(path), 404)
 
 
 def test_put_patient_bad_id_400(client: FlaskClient) -> None:
-    rsp = client.put("/fhir/Patient/bad_id!", data=json.dumps(patient_body()),
-                     content_type=FHIR)
+    rsp = client.put(
+        "/fhir/Patient/bad_id!", data=json.dumps(patient_body()), content_type=FHIR
+    )
     assert_outcome(rsp, 400)
 
 

@@ -12,9 +12,16 @@ from server.workflow.prefetch import MAX_ATTEMPTS, conclude
 
 
 def prefetch(expected: int | None, attempts: int = 1) -> Prefetch:
-    return Prefetch(id="x", registration_id="r", site_name="a", study_uid="1.2",
-                    due_at=datetime.now(UTC), expected_instances=expected,
-                    attempts=attempts, received_instances=0)
+    return Prefetch(
+        id="x",
+        registration_id="r",
+        site_name="a",
+        study_uid="1.2",
+        due_at=datetime.now(UTC),
+        expected_instances=expected,
+        attempts=attempts,
+        received_instances=0,
+    )
 
 
 def test_conclude_all_instances_in_cache_is_ready_whatever_the_status() -> None:
@@ -33,13 +40,18 @@ def test_conclude_success_status_with_instances_missing_is_never_ready() -> None
 
 def test_conclude_move_destination_unknown_fails_without_retry() -> None:
     p = prefetch(120)
-    outcome = MoveOutcome("move_destination_unknown", status=0xA801,
-                          error_comment="SITE does not know move destination X (A801)")
+    outcome = MoveOutcome(
+        "move_destination_unknown",
+        status=0xA801,
+        error_comment="SITE does not know move destination X (A801)",
+    )
     assert conclude(p, outcome, 0) == PrefetchState.FAILED
     assert "A801" in (p.reason or "")
 
 
-@pytest.mark.parametrize("kind", ["association_aborted", "unable_to_process", "partial"])
+@pytest.mark.parametrize(
+    "kind", ["association_aborted", "unable_to_process", "partial"]
+)
 def test_conclude_transient_failure_retried_with_backoff(kind: str) -> None:
     p = prefetch(120, attempts=1)
     assert conclude(p, MoveOutcome(kind), 10) == PrefetchState.SCHEDULED
@@ -54,8 +66,10 @@ def test_conclude_last_attempt_reports_partial_with_counts() -> None:
     p = prefetch(120, attempts=MAX_ATTEMPTS)
     state = conclude(p, MoveOutcome("partial", status=0xB000, failed=2), 118)
     assert state == PrefetchState.PARTIAL
-    assert p.reason == ("118 of 120 instance(s) received; the site could not send "
-                        "2 instance(s) (0xB000)")
+    assert p.reason == (
+        "118 of 120 instance(s) received; the site could not send "
+        "2 instance(s) (0xB000)"
+    )
 
 
 def test_conclude_no_count_from_site_uses_move_counter() -> None:

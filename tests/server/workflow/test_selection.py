@@ -24,16 +24,29 @@ from server.workflow import selection
 TODAY = date(2026, 12, 3)
 
 
-def candidate(cid: int, modalities: list[str], study_date: str,
-              warning: str | None = None, uid: str | None = None) -> Candidate:
-    return Candidate(id=cid, site_name="a", study_uid=uid or f"1.2.{cid}",
-                     patient_id_at_site="A1", modalities=modalities,
-                     study_date=study_date, num_instances=10, warning=warning)
+def candidate(
+    cid: int,
+    modalities: list[str],
+    study_date: str,
+    warning: str | None = None,
+    uid: str | None = None,
+) -> Candidate:
+    return Candidate(
+        id=cid,
+        site_name="a",
+        study_uid=uid or f"1.2.{cid}",
+        patient_id_at_site="A1",
+        modalities=modalities,
+        study_date=study_date,
+        num_instances=10,
+        warning=warning,
+    )
 
 
 def registration(*candidates: Candidate, start: datetime | None = None) -> Registration:
-    reg = Registration(id="r1", status="booked", patient_id="p1",
-                       meeting_start=start, discovery="done")
+    reg = Registration(
+        id="r1", status="booked", patient_id="p1", meeting_start=start, discovery="done"
+    )
     reg.candidates = list(candidates)
     return reg
 
@@ -54,10 +67,13 @@ def test_auto_select_takes_recent_studies_of_configured_modalities() -> None:
 
 
 def test_auto_select_same_study_at_two_sites_selected_once() -> None:
-    reg = registration(candidate(1, ["CT"], "20261101", uid="1.2.9"),
-                       candidate(2, ["CT"], "20261101", uid="1.2.9"))
-    assert [c.id for c in selection.auto_select(load_settings({}), reg,
-                                                 today=TODAY)] == [1]
+    reg = registration(
+        candidate(1, ["CT"], "20261101", uid="1.2.9"),
+        candidate(2, ["CT"], "20261101", uid="1.2.9"),
+    )
+    assert [
+        c.id for c in selection.auto_select(load_settings({}), reg, today=TODAY)
+    ] == [1]
 
 
 def test_auto_select_months_zero_turns_rule_off() -> None:
@@ -71,7 +87,8 @@ def test_due_time_is_meeting_minus_lead_or_now() -> None:
     settings = load_settings({"SPIDERS_PREFETCH_LEAD": "24h"})
     far = datetime.now(UTC) + timedelta(days=10)
     assert selection.due_time(settings, registration(start=far)) == far - timedelta(
-        hours=24)
+        hours=24
+    )
     soon = datetime.now(UTC) + timedelta(hours=2)
     due = selection.due_time(settings, registration(start=soon))
     assert abs((due - datetime.now(UTC)).total_seconds()) < 5
@@ -79,8 +96,11 @@ def test_due_time_is_meeting_minus_lead_or_now() -> None:
 
 def test_change_selection_replaces_scheduled_prefetches() -> None:
     settings = load_settings({})
-    reg = registration(candidate(1, ["CT"], "20261101"), candidate(2, ["CR"], "20261101"),
-                       start=datetime.now(UTC) + timedelta(days=5))
+    reg = registration(
+        candidate(1, ["CT"], "20261101"),
+        candidate(2, ["CR"], "20261101"),
+        start=datetime.now(UTC) + timedelta(days=5),
+    )
     selection.auto_select(settings, reg, today=TODAY)
     selection.schedule(settings, reg)
     assert reg.candidates[0].prefetch is not None
@@ -116,19 +136,29 @@ def seed(rt: Runtime) -> None:
         patient.identifiers.append(PatientIdentifier(system="2.999.1.1", value="A1"))
         session.add(patient)
         board = Board(location_reference="Location/rcp")
-        reg = Registration(id="r1", status="booked", patient=patient, board=board,
-                           meeting_start=datetime.now(UTC) + timedelta(days=5),
-                           discovery="done")
-        reg.candidates = [candidate(1, ["CT"], "20261101"),
-                          candidate(2, ["US"], "20261101")]
+        reg = Registration(
+            id="r1",
+            status="booked",
+            patient=patient,
+            board=board,
+            meeting_start=datetime.now(UTC) + timedelta(days=5),
+            discovery="done",
+        )
+        reg.candidates = [
+            candidate(1, ["CT"], "20261101"),
+            candidate(2, ["US"], "20261101"),
+        ]
         session.add(reg)
         selection.auto_select(rt.settings, reg)
         selection.schedule(rt.settings, reg)
 
 
 def put(client: FlaskClient, body: object) -> object:
-    return client.put("/api/registrations/r1/selection", data=json.dumps(body),
-                      content_type="application/json")
+    return client.put(
+        "/api/registrations/r1/selection",
+        data=json.dumps(body),
+        content_type="application/json",
+    )
 
 
 def test_api_selection_change_before_due_time(client: FlaskClient, rt: Runtime) -> None:
@@ -137,7 +167,9 @@ def test_api_selection_change_before_due_time(client: FlaskClient, rt: Runtime) 
     assert rsp.status_code == 200
     body = rsp.get_json()
     assert [(c["id"], c["selected"]) for c in body["candidates"]] == [
-        (1, False), (2, True)]
+        (1, False),
+        (2, True),
+    ]
     assert body["candidates"][1]["prefetch"]["state"] == "scheduled"
     assert body["state"] == "prefetching"
 
@@ -159,4 +191,3 @@ def test_api_selection_after_start_409(client: FlaskClient, rt: Runtime) -> None
     rsp = put(client, {"candidates": [2]})
     assert rsp.status_code == 409
     assert "ready" in rsp.get_json()["issue"][0]["diagnostics"]
-
