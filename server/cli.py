@@ -90,7 +90,7 @@ def worker(concurrency: int) -> None:
             "--without-mingle",
             "--without-heartbeat",
             "-Q",
-            tasks.QUEUE,
+            rt.settings.queue,
         ]
     )
 

@@ -106,6 +106,7 @@ class Settings:
     auto_select_months: int = 24
     prefetch_lead_hours: float = 24.0
     worker_concurrency: int = 4
+    queue: str = "spiders"
     log_format: str = "text"
     log_level: str = "INFO"
     directory: Directory = field(default_factory=Directory)
@@ -155,6 +156,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         auto_select_months=_int(get("AUTO_SELECT_MONTHS", "24"), "AUTO_SELECT_MONTHS"),
         prefetch_lead_hours=_hours(get("PREFETCH_LEAD", "24h"), "SPIDERS_PREFETCH_LEAD"),
         worker_concurrency=_int(get("WORKER_CONCURRENCY", "4"), "WORKER_CONCURRENCY"),
+        queue=get("QUEUE", "spiders"),
         log_format=get("LOG_FORMAT", "text"),
         log_level=get("LOG_LEVEL", "INFO").upper(),
         directory=load_directory(sites_file) if sites_file else Directory(),

@@ -33,7 +33,6 @@ from server.workflow import discovery, prefetch, selection
 logger = logging.getLogger(__name__)
 
 LOG_DISPATCHED = "work dispatched"
-QUEUE = "spiders"
 
 app = Celery("spiders", set_as_current=False)
 
@@ -56,7 +55,7 @@ def configure(settings: Settings) -> Celery:
         broker_transport_options=options,
         broker_url=settings.broker_url,
         broker_connection_retry_on_startup=True,
-        task_default_queue=QUEUE,
+        task_default_queue=settings.queue,
         task_serializer="json",
         accept_content=["json"],
         task_ignore_result=True,
@@ -169,7 +168,7 @@ def _claim(model: Any, row_id: str, column: str, old: str, new: str) -> bool:
 
 def _send(task: Any, row_id: str) -> None:
     try:
-        task.apply_async((row_id,), queue=QUEUE)
+        task.apply_async((row_id,), queue=runtime.current().settings.queue)
     except Exception as exc:
         # The broker is down: put the work back so the next dispatch retries it.
         logger.error(

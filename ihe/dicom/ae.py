@@ -140,5 +140,7 @@ def enable_tcp_nodelay() -> None:
 def is_safe_uid(value: str) -> bool:
     """True when `value` is digits and dots only, usable as a file name."""
     return (
-        bool(_UID.match(value)) and len(value) <= MAX_UID_LENGTH and ".." not in value
+        bool(_UID.fullmatch(value))
+        and len(value) <= MAX_UID_LENGTH
+        and ".." not in value
     )

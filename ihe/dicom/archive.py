@@ -86,7 +86,7 @@ class Archive:
         study_uid = str(ds.StudyInstanceUID)
         series_uid = str(ds.SeriesInstanceUID)
         warnings = tuple(
-            f"{name} is {len(value)} characters long (DICOM allows {MAX_UID})"
+            f"{name} {value} is {len(value)} characters long (DICOM allows {MAX_UID})"
             for name, value in (
                 ("SOPInstanceUID", sop_uid),
                 ("StudyInstanceUID", study_uid),

@@ -100,9 +100,13 @@ def make_dataset(
 
 
 def encode(ds: Dataset) -> bytes:
-    """`ds` as a Part 10 file: preamble, File Meta, dataset."""
+    """`ds` as a Part 10 file: preamble, File Meta, dataset.
+
+    Validation is off so that crafted UIDs can be written as given.
+    """
     buffer = BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
+    with config.disable_value_validation():
+        ds.save_as(buffer, enforce_file_format=True)
 
     return buffer.getvalue()
 
