@@ -154,7 +154,9 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         http_port=_int(get("HTTP_PORT", "8080"), "SPIDERS_HTTP_PORT"),
         auto_select_modalities=modalities,
         auto_select_months=_int(get("AUTO_SELECT_MONTHS", "24"), "AUTO_SELECT_MONTHS"),
-        prefetch_lead_hours=_hours(get("PREFETCH_LEAD", "24h"), "SPIDERS_PREFETCH_LEAD"),
+        prefetch_lead_hours=_hours(
+            get("PREFETCH_LEAD", "24h"), "SPIDERS_PREFETCH_LEAD"
+        ),
         worker_concurrency=_int(get("WORKER_CONCURRENCY", "4"), "WORKER_CONCURRENCY"),
         queue=get("QUEUE", "spiders"),
         log_format=get("LOG_FORMAT", "text"),

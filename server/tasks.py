@@ -67,8 +67,11 @@ def configure(settings: Settings) -> Celery:
         # Work waits in the database, not in the client: fail fast when the
         # broker is down and let the next dispatch send it again.
         broker_connection_timeout=3,
-        task_publish_retry_policy={"max_retries": 1, "interval_start": 0,
-                                   "interval_step": 0.5},
+        task_publish_retry_policy={
+            "max_retries": 1,
+            "interval_start": 0,
+            "interval_step": 0.5,
+        },
     )
     return app
 

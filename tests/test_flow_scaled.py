@@ -70,7 +70,9 @@ def test_flow_on_postgresql_and_broker_case_ready(
     broker_url = broker(kind)
     queue = f"spiders-test-{uuid.uuid4().hex[:8]}"
     who = scenario.person("desoeuvres")
-    plan = [s for s in scenario.studies(datetime.now(UTC).date()) if s.person == who.key]
+    plan = [
+        s for s in scenario.studies(datetime.now(UTC).date()) if s.person == who.key
+    ]
     site_def = scenario.site("clinique-sud")
     site = SimulatedSite(site_def.name, site_def.ae_title, tmp_path / "site")
     made = [generate_study(s.spec, tmp_path / "gen", seed=s.seed) for s in plan]
@@ -80,11 +82,25 @@ def test_flow_on_postgresql_and_broker_case_ready(
     site.destinations["SPIDERS"] = ("127.0.0.1", dicom_port)
     site.start(free_port())
     sites_file = tmp_path / "sites.yaml"
-    sites_file.write_text(yaml.safe_dump({"sites": [{
-        "name": site.name, "ae_title": site.ae_title, "host": "127.0.0.1",
-        "port": site.port, "patient_id_domain": site_def.domain}]}), encoding="utf-8")
-    env = demo.server_env(load_settings({}), tmp_path / "data", sites_file, http_port,
-                          dicom_port)
+    sites_file.write_text(
+        yaml.safe_dump(
+            {
+                "sites": [
+                    {
+                        "name": site.name,
+                        "ae_title": site.ae_title,
+                        "host": "127.0.0.1",
+                        "port": site.port,
+                        "patient_id_domain": site_def.domain,
+                    }
+                ]
+            }
+        ),
+        encoding="utf-8",
+    )
+    env = demo.server_env(
+        load_settings({}), tmp_path / "data", sites_file, http_port, dicom_port
+    )
     env["SPIDERS_DATABASE_URL"] = pg_url
     env["SPIDERS_BROKER_URL"] = broker_url
     env["SPIDERS_QUEUE"] = queue
@@ -100,11 +116,15 @@ def test_flow_on_postgresql_and_broker_case_ready(
     engine = create_engine(pg_url)
     try:
         with engine.connect() as conn:
-            rows = conn.execute(text(
-                "SELECT study_uid, count(*) FROM cached_instance GROUP BY study_uid"))
+            rows = conn.execute(
+                text(
+                    "SELECT study_uid, count(*) FROM cached_instance GROUP BY study_uid"
+                )
+            )
             cached = {r[0]: int(r[1]) for r in rows}
-            events = conn.execute(text(
-                "SELECT count(*) FROM audit_record WHERE event_id = '110112'")).scalar()
+            events = conn.execute(
+                text("SELECT count(*) FROM audit_record WHERE event_id = '110112'")
+            ).scalar()
     finally:
         engine.dispose()
     assert cached == {s.study_uid: len(s.files) for s in made}

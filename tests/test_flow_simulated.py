@@ -300,3 +300,26 @@ def test_flow_logs_carry_no_patient_data(flow: Flow) -> None:
     for person in scenario.PEOPLE:
         for secret in (person.family, person.ins, *person.local_ids.values()):
             assert secret not in log, secret
+
+
+def test_status_command_shows_each_case_ready(flow: Flow) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPIDERS_")}
+    env["SPIDERS_DATA_DIR"] = str(flow.root / "spiders")
+    env["COLUMNS"] = "200"
+    proc = subprocess.run(
+        [sys.executable, "-m", "server.cli", "status"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if " ready " in line]
+    assert len(lines) == 3  # two studies of one case, one of the other
+    for reg_id in flow.cases.values():
+        assert reg_id[:8] in proc.stdout
