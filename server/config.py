@@ -257,7 +257,7 @@ def _hours(value: str, where: str) -> float:
     """Hours from ``36``, ``24h``, ``90m`` or ``1.5d``."""
     units = {"h": 1.0, "m": 1 / 60, "d": 24.0}
     text = value.strip().lower()
-    factor = units.get(text[-1:], None)
+    factor = units.get(text[-1:])
     number = text[:-1] if factor is not None else text
     return _float(number, where) * (factor or 1.0)
 

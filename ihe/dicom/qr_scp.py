@@ -231,7 +231,9 @@ class QueryRetrieveSCP:
         identifier = event.identifier
         level = str(identifier.get("QueryRetrieveLevel", "")).strip().upper()
         if level not in LEVELS:
-            yield 0
+            # One announced sub-operation lets the failure status reach the peer.
+            yield 1
+            yield STATUS_IDENTIFIER_MISMATCH, None
             return
         rows = [row for match in self.search(level, identifier) for row in match.rows]
         logger.info(LOG_RETRIEVE, extra={"level": level, "instances": len(rows)})
@@ -293,7 +295,7 @@ def _match_one(column: str, wanted: str, have: str) -> bool:
         low, _, high = wanted.partition("-")
         return bool(have) and (not low or have >= low) and (not high or have <= high)
     if column in NAME_COLUMNS:
-        return fnmatch.fnmatchcase(fold(have), fold(wanted))
+        return fnmatch.fnmatchcase(fold(have), fold(wanted).replace("[", "[[]"))
     if "*" in wanted or "?" in wanted:
         return fnmatch.fnmatchcase(have, wanted.replace("[", "[[]"))
     return have == wanted

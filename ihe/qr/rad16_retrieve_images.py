@@ -111,7 +111,7 @@ def move_study(
         )
     result = MoveOutcome("association_aborted")
     try:
-        for status, _ in assoc.send_c_move(identifier, destination, SOP_CLASS):
+        for status, rsp in assoc.send_c_move(identifier, destination, SOP_CLASS):
             if not status or "Status" not in status:
                 result.error_comment = f"no final response from {ae_title}"
                 break
@@ -129,7 +129,9 @@ def move_study(
             result.outcome = classify(code)
             comment = status.get("ErrorComment")
             result.error_comment = str(comment).strip() if comment else None
-            failed = status.get("FailedSOPInstanceUIDList")
+            # The list is in the response's Identifier, not its command set
+            # (PS3.4 C.4.2.1.4.2).
+            failed = rsp.get("FailedSOPInstanceUIDList") if rsp is not None else None
             if failed:
                 result.failed_uids = [
                     str(u) for u in ([failed] if isinstance(failed, str) else failed)

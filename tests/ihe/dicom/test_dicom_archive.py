@@ -67,7 +67,9 @@ def test_path_for_crafted_uid_stays_inside_root(archive: Archive, crafted: str) 
 
 
 @pytest.mark.parametrize("crafted", CRAFTED_UIDS)
-def test_path_for_crafted_uid_replaced_by_sha256(archive: Archive, crafted: str) -> None:
+def test_path_for_crafted_uid_replaced_by_sha256(
+    archive: Archive, crafted: str
+) -> None:
     path = archive.path_for(STUDY, SERIES, crafted)
 
     assert len(path.stem) == 64

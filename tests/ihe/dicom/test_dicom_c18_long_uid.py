@@ -60,12 +60,9 @@ print(json.dumps(report))
 """
 
 # pydicom warns, rightly, each time it reads the over-long UID.
-pytestmark = [
-    pytest.mark.peer,
-    pytest.mark.filterwarnings(
-        r"ignore:The value length \(65\) exceeds the maximum length of 64:UserWarning"
-    ),
-]
+pytestmark = pytest.mark.filterwarnings(
+    r"ignore:The value length \(65\) exceeds the maximum length of 64:UserWarning"
+)
 
 
 @pytest.fixture(scope="module")
@@ -154,6 +151,7 @@ def test_storage_scp_65_character_uid_one_warning_naming_it(
     assert case.LONG_UID in warnings[0].getMessage()
 
 
+@pytest.mark.peer
 def test_qr_scp_65_character_uid_found_by_findscu_image_level(
     cache: CacheServer, case: ModuleType, tmp_path: Path
 ) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom import dcmread
@@ -45,7 +45,9 @@ GET = StudyRootQueryRetrieveInformationModelGet
 
 
 def _patient(patient_id: str, family: str, given: str) -> DemoPatient:
-    return DemoPatient(patient_id, "CHU_NORD", "2.999.1.1", family, given, "19580314", "M")
+    return DemoPatient(
+        patient_id, "CHU_NORD", "2.999.1.1", family, given, "19580314", "M"
+    )
 
 
 def _series(modality: str, images: int) -> SeriesSpec:
@@ -343,7 +345,7 @@ def test_qr_scp_get_with_role_selection_all_instances_arrive(filled: Filled) -> 
     ae = _client()
     for sop_class in (CT_IMAGE_STORAGE, MR_IMAGE_STORAGE, CR_IMAGE_STORAGE):
         ae.add_requested_context(sop_class)
-    roles = [
+    roles: list[Any] = [
         build_role(sop_class, scp_role=True)
         for sop_class in (CT_IMAGE_STORAGE, MR_IMAGE_STORAGE, CR_IMAGE_STORAGE)
     ]
@@ -368,3 +370,33 @@ def test_qr_scp_get_with_role_selection_all_instances_arrive(filled: Filled) -> 
     assert final.NumberOfCompletedSuboperations == 6
     assert final.NumberOfFailedSuboperations == 0
     assert sorted(received) == sorted(study.sop_instance_uids)
+
+
+def test_qr_scp_get_unknown_level_fails_instead_of_success(filled: Filled) -> None:
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "FRAME"
+    identifier.StudyInstanceUID = filled.uid("dupont")
+    assoc = _client().associate(
+        LOCALHOST, filled.cache.port, ae_title=filled.cache.ae_title
+    )
+    assert assoc.is_established
+    try:
+        statuses = [
+            int(status.Status) for status, _ in assoc.send_c_get(identifier, GET)
+        ]
+    finally:
+        assoc.release()
+
+    assert statuses == [0xA900]
+
+
+def test_qr_scp_find_patient_name_bracket_is_literal(filled: Filled) -> None:
+    matches, final = c_find(
+        filled.cache,
+        QueryRetrieveLevel="STUDY",
+        PatientName="[LD]*",
+        StudyInstanceUID="",
+    )
+
+    assert final == 0x0000
+    assert matches == []
