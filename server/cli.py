@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
+from ihe.iua.roles import Role
 from server import logging_setup, runtime
 from server.config import load_settings
 from server.errors import ConfigurationError
@@ -58,7 +59,11 @@ def serve(no_worker: bool) -> None:
     """Run the HTTP API, the DICOM listener and the embedded worker."""
     from server.serve import serve as run
 
-    sys.exit(run(_runtime(), with_worker=not no_worker))
+    try:
+        status = run(_runtime(), with_worker=not no_worker)
+    except (ConfigurationError, ValueError) as exc:
+        _fail(str(exc))
+    sys.exit(status)
 
 
 @main.command()
@@ -145,6 +150,41 @@ def retrieve(site_name: str, study_uid: str) -> None:
         f"of the study ({held - before} new)"
     )
     sys.exit(0 if outcome.outcome == "success" else 1)
+
+
+@main.command()
+@click.option(
+    "--role",
+    "roles",
+    multiple=True,
+    required=True,
+    type=click.Choice([str(r) for r in Role]),
+    help="A role the token carries (repeat for several).",
+)
+@click.option(
+    "--subject",
+    default="dev-user",
+    show_default=True,
+    help="The token's subject (who the caller is).",
+)
+@click.option("--hours", default=8.0, show_default=True, help="Lifetime in hours.")
+def token(roles: tuple[str, ...], subject: str, hours: float) -> None:
+    """Print a development access token (embedded default only).
+
+    It is signed with the key of the data directory and accepted by a
+    ``spiders serve`` using the same directory. Refused when SPIDERS_JWT_KEYS
+    names an identity provider: tokens then come from that provider.
+    """
+    from ihe.iua import dev_keys
+
+    rt = _runtime()
+    if rt.settings.jwt_keys:
+        _fail("SPIDERS_JWT_KEYS is set: get tokens from the identity provider")
+    click.echo(
+        dev_keys.mint(
+            rt.settings.data_dir, roles, subject=subject, lifetime=int(hours * 3600)
+        )
+    )
 
 
 @main.command()

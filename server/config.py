@@ -55,6 +55,14 @@ class Site:
     patient_id_domain: str
     retrieve: str = "c-move"
     timeout: float = 30.0
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    @property
+    def tls(self) -> bool:
+        """True when associations with this site use TLS."""
+        return self.tls_ca is not None
 
 
 @dataclass(frozen=True)
@@ -107,6 +115,17 @@ class Settings:
     prefetch_lead_hours: float = 24.0
     worker_concurrency: int = 4
     queue: str = "spiders"
+    jwt_keys: str | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str = "spiders"
+    jwt_roles_claim: str = "roles"
+    jwt_algorithms: tuple[str, ...] = ("RS256", "ES256")
+    http_tls_cert: Path | None = None
+    http_tls_key: Path | None = None
+    dicom_tls_cert: Path | None = None
+    dicom_tls_key: Path | None = None
+    dicom_tls_client_ca: Path | None = None
+    dicom_allow_unknown_callers: bool = False
     log_format: str = "text"
     log_level: str = "INFO"
     directory: Directory = field(default_factory=Directory)
@@ -159,10 +178,59 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         ),
         worker_concurrency=_int(get("WORKER_CONCURRENCY", "4"), "WORKER_CONCURRENCY"),
         queue=get("QUEUE", "spiders"),
+        **_security(env),
         log_format=get("LOG_FORMAT", "text"),
         log_level=get("LOG_LEVEL", "INFO").upper(),
         directory=load_directory(sites_file) if sites_file else Directory(),
     )
+
+
+def _security(env: dict[str, str]) -> dict[str, Any]:
+    """Token, TLS and caller settings (``SPIDERS_JWT_*``, ``*_TLS_*``)."""
+
+    def opt(name: str) -> str | None:
+        return env.get(ENV_PREFIX + name, "").strip() or None
+
+    def path(name: str) -> Path | None:
+        value = opt(name)
+        return Path(value).resolve() if value else None
+
+    keys, issuer = opt("JWT_KEYS"), opt("JWT_ISSUER")
+    if keys and not issuer:
+        raise ConfigurationError(
+            "SPIDERS_JWT_KEYS is set: SPIDERS_JWT_ISSUER is required"
+        )
+    algorithms = tuple(
+        a.strip()
+        for a in (opt("JWT_ALGORITHMS") or "RS256,ES256").split(",")
+        if a.strip()
+    )
+    if any(a.lower() == "none" for a in algorithms):
+        raise ConfigurationError("SPIDERS_JWT_ALGORITHMS may never include 'none'")
+    pairs = {
+        "HTTP": ("http_tls_cert", "http_tls_key"),
+        "DICOM": ("dicom_tls_cert", "dicom_tls_key"),
+    }
+    values: dict[str, Any] = {
+        "jwt_keys": keys,
+        "jwt_issuer": issuer,
+        "jwt_audience": opt("JWT_AUDIENCE") or "spiders",
+        "jwt_roles_claim": opt("JWT_ROLES_CLAIM") or "roles",
+        "jwt_algorithms": algorithms,
+        "dicom_tls_client_ca": path("DICOM_TLS_CLIENT_CA"),
+        "dicom_allow_unknown_callers": (
+            opt("DICOM_ALLOW_UNKNOWN_CALLERS") or "false"
+        ).lower()
+        in {"1", "true", "yes"},
+    }
+    for prefix, (cert, key) in pairs.items():
+        values[cert] = path(f"{prefix}_TLS_CERT")
+        values[key] = path(f"{prefix}_TLS_KEY")
+        if (values[cert] is None) != (values[key] is None):
+            raise ConfigurationError(
+                f"SPIDERS_{prefix}_TLS_CERT and SPIDERS_{prefix}_TLS_KEY go together"
+            )
+    return values
 
 
 def load_directory(path: Path) -> Directory:
@@ -206,7 +274,23 @@ def _site(item: Any, index: int) -> Site:
         patient_id_domain=domain,
         retrieve=retrieve,
         timeout=_float(data.get("timeout", 30), f"{where}.timeout"),
+        **_site_tls(data.get("tls"), where),
     )
+
+
+def _site_tls(value: Any, where: str) -> dict[str, Path | None]:
+    """``tls: {ca: ..., cert: ..., key: ...}``: the CA is required, the client
+    certificate and key go together."""
+    if value in (None, False):
+        return {}
+    if not isinstance(value, dict) or not value.get("ca"):
+        raise ConfigurationError(f"{where}.tls needs at least 'ca' (a CA file)")
+    if bool(value.get("cert")) != bool(value.get("key")):
+        raise ConfigurationError(f"{where}.tls: 'cert' and 'key' go together")
+    return {
+        name: Path(str(value[key])).resolve() if value.get(key) else None
+        for name, key in (("tls_ca", "ca"), ("tls_cert", "cert"), ("tls_key", "key"))
+    }
 
 
 def _console(item: Any, index: int) -> Console:

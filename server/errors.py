@@ -11,6 +11,8 @@ builder); code in between never translates, it raises and chains with
     ├── InputError                  the request itself is wrong
     │   ├── InvalidResource         FHIR 400/422 with an OperationOutcome
     │   └── UnknownReference        FHIR 422, a reference to nothing we know
+    ├── Unauthorized                401, Bearer error="invalid_token"
+    ├── Forbidden                   403, Bearer error="insufficient_scope"
     ├── NotFound                    FHIR 404 with an OperationOutcome
     ├── Conflict                    FHIR 409: the state forbids the change
     ├── IdentityError               the patient index refuses to link or resolve
@@ -71,6 +73,22 @@ class UnknownReference(InputError):
 
     http_status = 422
     fhir_code = "not-found"
+
+
+class Unauthorized(SpidersError):
+    """No valid bearer token: missing, malformed, expired, or not ours."""
+
+    http_status = 401
+    fhir_code = "login"
+    bearer_error = "invalid_token"
+
+
+class Forbidden(SpidersError):
+    """A valid token without any of the roles the endpoint requires."""
+
+    http_status = 403
+    fhir_code = "forbidden"
+    bearer_error = "insufficient_scope"
 
 
 class NotFound(SpidersError):

@@ -68,5 +68,5 @@ def configure(level: str = "INFO", fmt: str = "text") -> None:
     root.addHandler(handler)
     root.setLevel(level)
     # Libraries that log peers' data or chatter at INFO.
-    for name in ("pynetdicom", "celery", "kombu", "waitress", "amqp"):
+    for name in ("pynetdicom", "celery", "kombu", "cheroot", "amqp"):
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

@@ -10,6 +10,8 @@ import threading
 from functools import cached_property
 
 from ihe.dicom.archive import Archive
+from ihe.iua import dev_keys
+from ihe.iua.tokens import KeySet, TokenVerifier
 from server.config import Settings, load_settings
 from server.db import Database
 
@@ -33,6 +35,27 @@ class Runtime:
         db = Database(self.settings.database_url)
         db.create_schema()
         return db
+
+    @cached_property
+    def token_verifier(self) -> TokenVerifier:
+        """The bearer-token verifier: the identity provider's keys, or the
+        development key of the data directory when none is configured."""
+        settings = self.settings
+        if settings.jwt_keys:
+            return TokenVerifier(
+                KeySet(settings.jwt_keys),
+                issuer=settings.jwt_issuer or "",
+                audience=settings.jwt_audience,
+                algorithms=settings.jwt_algorithms,
+                roles_claim=settings.jwt_roles_claim,
+            )
+        return TokenVerifier(
+            KeySet.from_jwks(dev_keys.public_jwks(settings.data_dir)),
+            issuer=dev_keys.DEV_ISSUER,
+            audience=dev_keys.DEV_AUDIENCE,
+            algorithms=("ES256",),
+            roles_claim="roles",
+        )
 
     @cached_property
     def archive(self) -> Archive:

@@ -1,7 +1,8 @@
 """``spiders serve``: the HTTP API, the cache's DICOM listener and a worker.
 
-One process tree: this process runs the HTTP server (waitress), the DICOM
-listener (pynetdicom, in threads) and the dispatcher that hands due work to
+One process tree: this process runs the HTTP server (cheroot, TLS when
+configured), the DICOM listener (pynetdicom, in threads) and the dispatcher
+that hands due work to
 the queue; a child process runs the Celery worker on the configured broker.
 SIGINT or SIGTERM stops the listener, the worker and the HTTP server, in
 that order, and writes the Application Stop audit record.
@@ -23,9 +24,10 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from cheroot import wsgi
+from cheroot.ssl.builtin import BuiltinSSLAdapter
 from pynetdicom import StoragePresentationContexts
 from pynetdicom.transport import ThreadedAssociationServer
-from waitress.server import create_server
 
 from ihe.dicom.ae import add_storage_scp_contexts, make_ae
 from ihe.dicom.qr_scp import QueryRetrieveSCP
@@ -115,12 +117,11 @@ def serve(
     """Run until SIGINT or SIGTERM; returns the exit status."""
     settings = rt.settings
     tasks.configure(settings)
+    _ = rt.token_verifier  # read the keys now: a bad key file stops the start
     with rt.db.session() as session:
         audit.application(session, settings, started=True)
     dicom = start_dicom(rt)
-    http = create_server(
-        create_app(rt), host=settings.http_host, port=settings.http_port, threads=8
-    )
+    http = start_http(rt)
     worker = start_worker(rt) if with_worker else None
     services = Services(dicom, http, worker)
     _install_signals(services)
@@ -128,14 +129,36 @@ def serve(
         target=_dispatch_loop, args=(services,), name="dispatcher", daemon=True
     )
     dispatcher.start()
-    logger.info("HTTP server started", extra={"port": settings.http_port})
     if ready is not None:
         ready.set()
     try:
-        http.run()
+        while not services.stop.wait(0.5):
+            pass
     finally:
         status = _shutdown(rt, services)
     return status
+
+
+def start_http(rt: Runtime) -> wsgi.Server:
+    """Bind the HTTP port (TLS when configured) and serve it in a thread."""
+    settings = rt.settings
+    server = wsgi.Server(
+        (settings.http_host, settings.http_port),
+        create_app(rt),
+        numthreads=8,
+        server_name="spiders",
+    )
+    if settings.http_tls_cert and settings.http_tls_key:
+        server.ssl_adapter = BuiltinSSLAdapter(
+            str(settings.http_tls_cert), str(settings.http_tls_key)
+        )
+    server.prepare()
+    threading.Thread(target=server.serve, name="http", daemon=True).start()
+    logger.info(
+        "HTTP server started",
+        extra={"port": settings.http_port, "tls": server.ssl_adapter is not None},
+    )
+    return server
 
 
 def _dispatch_loop(services: Services) -> None:
@@ -146,8 +169,7 @@ def _dispatch_loop(services: Services) -> None:
             logger.exception("dispatch failed; trying again")
         if services.worker is not None and services.worker.poll() is not None:
             logger.error("worker exited", extra={"status": services.worker.returncode})
-            # Stop the whole tree through the main thread's signal handler.
-            os.kill(os.getpid(), signal.SIGTERM)
+            services.stop.set()
             return
 
 
@@ -157,8 +179,6 @@ def _install_signals(services: Services) -> None:
             return
         logger.info("stop requested", extra={"signal": signal.Signals(signum).name})
         services.stop.set()
-        # Leaves waitress's loop in the main thread, which then closes itself.
-        raise SystemExit(0)
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, stop)
@@ -167,7 +187,7 @@ def _install_signals(services: Services) -> None:
 
 def _shutdown(rt: Runtime, services: Services) -> int:
     services.stop.set()
-    services.http.close()
+    services.http.stop()
     services.dicom.shutdown()
     status = 0
     if services.worker is not None:

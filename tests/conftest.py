@@ -52,6 +52,31 @@ def app(rt: Runtime) -> Flask:
 
 
 @pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    """A test client of `app`."""
+def client(app: Flask, rt: Runtime) -> FlaskClient:
+    """A test client of `app` sending a token with every role but the
+    security officer's."""
+    test_client = app.test_client()
+    roles = [r for r in ALL_ROLES if r != "security-officer"]
+    test_client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {token_for(rt, *roles)}"
+    return test_client
+
+
+ALL_ROLES = ("clinician", "coordinator", "radiologist", "security-officer", "system")
+
+
+def token_for(rt: Runtime, *roles: str, subject: str = "test-user") -> str:
+    """A development token of `rt`'s data directory carrying `roles`."""
+    from ihe.iua import dev_keys
+
+    return dev_keys.mint(rt.settings.data_dir, roles, subject=subject)
+
+
+def auth_headers(rt: Runtime, *roles: str) -> dict[str, str]:
+    """``Authorization`` header with a development token carrying `roles`."""
+    return {"Authorization": f"Bearer {token_for(rt, *roles)}"}
+
+
+@pytest.fixture
+def anonymous(app: Flask) -> FlaskClient:
+    """A test client that sends no token."""
     return app.test_client()

@@ -34,6 +34,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
+from ihe.iua import dev_keys
+from ihe.iua.roles import Role
 from server.config import Settings
 from server.demo import scenario
 from server.demo.site import SimulatedSite
@@ -126,6 +128,8 @@ class Server:
 
     def __init__(self, env: dict[str, str], http_port: int, log: Path) -> None:
         self.base = f"http://127.0.0.1:{http_port}"
+        self.env = env
+        self.token: str | None = None
         self._log = log.open("wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "server.cli", "serve"],
@@ -143,6 +147,7 @@ class Server:
                 break
             try:
                 self.get("/healthz")
+                self.token = self.token or demo_token(self.env)
                 return
             except (OSError, urllib.error.URLError):
                 time.sleep(0.2)
@@ -152,11 +157,11 @@ class Server:
     def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         """One JSON request; returns (status, parsed body)."""
         data = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/fhir+json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
         req = urllib.request.Request(
-            self.base + path,
-            data=data,
-            method=method,
-            headers={"Content-Type": "application/fhir+json"},
+            self.base + path, data=data, method=method, headers=headers
         )
         try:
             with urllib.request.urlopen(req, timeout=30) as rsp:
@@ -182,6 +187,15 @@ class Server:
                 self.proc.wait()
         self._log.close()
         return int(self.proc.returncode)
+
+
+def demo_token(env: dict[str, str]) -> str | None:
+    """A development token with every role, when the server uses the dev key."""
+    if env.get("SPIDERS_JWT_KEYS"):
+        return None
+    return dev_keys.mint(
+        Path(env["SPIDERS_DATA_DIR"]), [str(r) for r in Role], subject="spiders-demo"
+    )
 
 
 def server_env(

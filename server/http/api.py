@@ -7,8 +7,10 @@ from typing import Any, cast
 from flask import Blueprint, Response, current_app, jsonify, request
 from sqlalchemy import select
 
+from ihe.iua.roles import Role
 from server import tasks
 from server.errors import InputError, NotFound
+from server.http.auth import caller, requires
 from server.models import Registration
 from server.runtime import Runtime
 from server.workflow import selection
@@ -23,6 +25,7 @@ def rt() -> Runtime:
 
 
 @bp.get("/registrations")
+@requires(Role.COORDINATOR, Role.CLINICIAN, Role.RADIOLOGIST)
 def list_registrations() -> Response:
     """Every registration with its state, newest first."""
     with rt().db.session() as session:
@@ -33,6 +36,7 @@ def list_registrations() -> Response:
 
 
 @bp.get("/registrations/<registration_id>")
+@requires(Role.COORDINATOR, Role.CLINICIAN, Role.RADIOLOGIST)
 def get_registration(registration_id: str) -> Response:
     """One registration: sites queried, candidates, prefetch progress."""
     with rt().db.session() as session:
@@ -40,6 +44,7 @@ def get_registration(registration_id: str) -> Response:
 
 
 @bp.put("/registrations/<registration_id>/selection")
+@requires(Role.CLINICIAN, Role.RADIOLOGIST)
 def put_selection(registration_id: str) -> Response:
     """Replace the selection: ``{"candidates": [id, ...]}``."""
     body = request.get_json(silent=True)
@@ -54,7 +59,7 @@ def put_selection(registration_id: str) -> Response:
     with rt().db.session() as session:
         registration = _get(session, registration_id)
         selection.change_selection(
-            rt().settings, registration, ids, by=f"api:{request.remote_addr}"
+            rt().settings, registration, ids, by=f"user:{caller()}"
         )
         session.flush()
         body_out = registration_json(registration)

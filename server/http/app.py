@@ -14,7 +14,7 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from server import runtime
-from server.errors import InputError, SpidersError
+from server.errors import Forbidden, InputError, SpidersError, Unauthorized
 from server.http import api, fhir
 from server.runtime import Runtime
 
@@ -82,7 +82,14 @@ def _spiders_error(exc: SpidersError) -> Response:
             "path": request.path,
         },
     )
-    return operation_outcome(exc.http_status, exc.fhir_code, issues)
+    response = operation_outcome(exc.http_status, exc.fhir_code, issues)
+    if isinstance(exc, (Unauthorized, Forbidden)):
+        description = str(exc).replace("\\", "").replace('"', "'")
+        response.headers["WWW-Authenticate"] = (
+            f'Bearer realm="spiders", error="{exc.bearer_error}", '
+            f'error_description="{description}"'
+        )
+    return response
 
 
 def _http_error(exc: HTTPException) -> Response:

@@ -15,11 +15,13 @@ from typing import Any, cast
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from sqlalchemy import select
 
+from ihe.iua.roles import READERS, Role
 from ihe.pix import patient_index
 from mappings.fhir_appointment import parse_appointment
 from mappings.fhir_patient import parse_patient
 from server import audit, tasks
 from server.errors import InputError, InvalidResource, NotFound
+from server.http.auth import requires
 from server.models import Patient, Prefetch, Registration
 from server.runtime import Runtime
 from server.workflow import registrations
@@ -45,12 +47,14 @@ def metadata() -> Response:
 
 
 @bp.post("/Patient")
+@requires(Role.SYSTEM, Role.COORDINATOR)
 def create_patient() -> Response:
     """Identity feed: create or update a patient from its identifiers."""
     return _feed_patient(None)
 
 
 @bp.put("/Patient/<resource_id>")
+@requires(Role.SYSTEM, Role.COORDINATOR)
 def update_patient(resource_id: str) -> Response:
     """Identity feed with a client-chosen id (update as create)."""
     _check_id(resource_id)
@@ -58,6 +62,7 @@ def update_patient(resource_id: str) -> Response:
 
 
 @bp.get("/Patient/<resource_id>")
+@requires(*READERS)
 def read_patient(resource_id: str) -> Response:
     """Read a patient as last fed."""
     with rt().db.session() as session:
@@ -68,6 +73,7 @@ def read_patient(resource_id: str) -> Response:
 
 
 @bp.post("/Appointment")
+@requires(Role.CLINICIAN, Role.COORDINATOR, Role.SYSTEM)
 def create_appointment() -> Response:
     """Register a patient for a tumour board."""
     body = _body()
@@ -83,6 +89,7 @@ def create_appointment() -> Response:
 
 
 @bp.get("/Appointment/<resource_id>")
+@requires(*READERS)
 def read_appointment(resource_id: str) -> Response:
     """Read a registration's Appointment as stored."""
     with rt().db.session() as session:
@@ -93,6 +100,7 @@ def read_appointment(resource_id: str) -> Response:
 
 
 @bp.get("/Task")
+@requires(*READERS)
 def search_tasks() -> Response:
     """Prefetch tasks, optionally of one Appointment (``based-on``)."""
     based_on = request.args.get("based-on", "")
@@ -124,6 +132,7 @@ def search_tasks() -> Response:
 
 
 @bp.get("/Task/<resource_id>")
+@requires(*READERS)
 def read_task(resource_id: str) -> Response:
     """One prefetch as a Task."""
     with rt().db.session() as session:

@@ -1,0 +1,1 @@
+"""IHE IUA: bearer tokens and the roles they carry (Authorization Server's clients)."""
