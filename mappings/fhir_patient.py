@@ -42,6 +42,9 @@ class PatientRecord:
     birth_date: date | None = None
     sex: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # RNIV identity status and attributes (HL7 PID-32); None: not sent.
+    identity_status: str | None = None
+    identity_attributes: tuple[str, ...] | None = None
 
 
 def parse_patient(data: Any) -> PatientRecord:
@@ -92,11 +95,13 @@ def to_pid_fields(record: PatientRecord) -> dict[str, str]:
 def to_dicom_patient(record: PatientRecord, primary_authority: str | None) -> Dataset:
     """Map a patient to the DICOM Patient module.
 
-    The identifier in `primary_authority` becomes Patient ID with its issuer;
-    the others go to Other Patient IDs Sequence (0010,1002).
+    The identifier in `primary_authority` (an OID, or a namespace ID as HL7
+    CX-4.1 names it) becomes Patient ID with its issuer; the others go to
+    Other Patient IDs Sequence (0010,1002).
     """
     idents = list(record.identifiers)
-    primary = next((i for i in idents if i.system == primary_authority), None)
+    wanted = [i for i in idents if primary_authority in (i.system, i.namespace)]
+    primary = wanted[0] if primary_authority and wanted else None
     primary = primary or (idents[0] if idents else None)
     ds = Dataset()
     ds.PatientName = to_dicom_pn(record.family, list(record.given))

@@ -1,32 +1,60 @@
-"""Audit events of SPIDERS' own actions, written to the outbox.
+"""Audit events of SPIDERS' own actions, written to the outbox and delivered.
 
 Each function builds the DICOM PS3.15 message for one action and adds it to
 the caller's session, so the audit record is committed with the action it
-describes (or not at all).
+describes (or not at all). Records name the registration they belong to and
+the patient they concern whenever the action knows them, so that the trail of
+one registration, or of one patient, is one query.
+
+:func:`start_delivery` starts the thread that sends the outbox to the audit
+repositories of ``SPIDERS_AUDIT_REPOSITORIES`` (:mod:`ihe.atna.delivery`).
 
 Limitations
 -----------
-Records stay in the outbox: delivery to a syslog audit repository and the
-FHIR AuditEvent view are not implemented yet. Requests over HTTP are
-attributed to the calling address; user identities come with authentication.
+Requests over HTTP are attributed to the authenticated subject when there is
+one, else to the calling address. A transfer into the cache is attributed to
+the registration whose prefetch of that study runs (or ran last); a study
+received outside any prefetch belongs to no registration. Refused DICOM
+associations are recorded as security alerts (:func:`refused_association`);
+refused bearer tokens and failed TLS handshakes are only logged so far, their
+handlers not calling :func:`security_alert` yet, and no login exists to call
+:func:`user_authentication`.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
-from collections.abc import Mapping
+import ssl
+import threading
+from collections.abc import Callable, Mapping
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ihe.atna import messages, outbox
-from ihe.atna.codes import Code
+from ihe.atna import messages, outbox, security_messages
+from ihe.atna.codes import Code, CodedEnum, EventTypeCode, ParticipantObjectIDTypeCode
+from ihe.atna.delivery import Destination, OutboxSender
+from ihe.atna.iti20_record_audit_event import (
+    Scheme,
+    TlsTransport,
+    Transport,
+    UdpTransport,
+)
+from ihe.dicom.acceptance import RefusedCaller
+from ihe.dicom.qr_scp import RetrieveSummary
+from ihe.tls import client_context
 from mappings.identifiers import Identifier, to_cx
-from server.config import Settings
-from server.models import Patient
+from server.config import Settings, Site
+from server.db import Database
+from server.errors import ConfigurationError
+from server.models import Candidate, Patient, Prefetch, PrefetchState, Registration
 
-RAD14 = Code("RAD-14", "IHE Transactions", "Query Images")
-RAD16 = Code("RAD-16", "IHE Transactions", "Retrieve Images")
+logger = logging.getLogger(__name__)
+
+RAD14 = EventTypeCode.RAD_14.code
+RAD16 = EventTypeCode.RAD_16.code
 APPLICATION_NAME = "SPIDERS"
 
 
@@ -59,6 +87,15 @@ def peer_ae(
         is_requestor=requestor,
         role=role,
         network_access_point=host,
+    )
+
+
+def http_client(user: str | None, address: str | None) -> messages.Participant:
+    """An HTTP caller: its authenticated subject, else its address."""
+    return messages.Participant(
+        user_id=user or address or "unknown",
+        is_requestor=True,
+        network_access_point=address,
     )
 
 
@@ -99,7 +136,29 @@ def patient_record(
         destination=us(settings),
         audit_source=audit_source(settings),
     )
-    outbox.record(session, xml)
+    outbox.record(session, xml, patient_id=patient.id)
+
+
+def registration_created(
+    session: Session,
+    settings: Settings,
+    registration: Registration,
+    *,
+    user: str | None,
+    address: str | None,
+) -> None:
+    """Procedure Record (110111) created: a patient registered for a board."""
+    patient = registration.patient
+    xml = messages.procedure_record(
+        action="C",
+        procedure_uri=f"Appointment/{registration.id}",
+        patient_id=patient_cx(patient),
+        patient_name=patient_name(patient),
+        source=http_client(user, address),
+        destination=us(settings),
+        audit_source=audit_source(settings),
+    )
+    outbox.record(session, xml, registration_id=registration.id, patient_id=patient.id)
 
 
 def site_query(
@@ -126,7 +185,12 @@ def site_query(
         event_type=RAD14,
         outcome=outcome,
     )
-    outbox.record(session, xml, registration_id=registration_id)
+    outbox.record(
+        session,
+        xml,
+        registration_id=registration_id,
+        patient_id=_registration_patient(session, registration_id),
+    )
 
 
 def instances_transferred(
@@ -144,11 +208,18 @@ def instances_transferred(
     begin: bool = False,
     outcome: int = 0,
     registration_id: str | None = None,
+    source: messages.Participant | None = None,
 ) -> None:
-    """DICOM Instances Transferred (110104) or Begin Transferring (110102)."""
+    """DICOM Instances Transferred (110104) or Begin Transferring (110102).
+
+    `source`, when given, replaces the peer named by `source_ae` and
+    `source_host` (SPIDERS sending to a console). Without `registration_id`,
+    the transfer is attributed to the registration prefetching `study_uid`,
+    if any.
+    """
     xml = messages.instances_transferred(
         action=action,
-        source=peer_ae(source_ae, source_host),
+        source=source or peer_ae(source_ae, source_host),
         destination=destination,
         audit_source=audit_source(settings),
         study_uid=study_uid,
@@ -159,4 +230,244 @@ def instances_transferred(
         outcome=outcome,
         begin=begin,
     )
-    outbox.record(session, xml, registration_id=registration_id)
+    if registration_id is None:
+        registration_id = _prefetching(session, study_uid)
+    outbox.record(
+        session,
+        xml,
+        registration_id=registration_id,
+        patient_id=_registration_patient(session, registration_id),
+    )
+
+
+def prefetch_begins(
+    db: Database, settings: Settings, prefetch_id: str, site: Site
+) -> None:
+    """Begin Transferring DICOM Instances (110102): a prefetch's C-MOVE starts."""
+    with db.session() as session:
+        prefetch = session.get(Prefetch, prefetch_id)
+        if prefetch is None:
+            return
+        candidate = session.get(Candidate, prefetch.candidate_id)
+        registration = session.get(Registration, prefetch.registration_id)
+        patient = registration.patient if registration else None
+        if candidate is not None and candidate.patient_id_at_site:
+            local = Identifier(site.patient_id_domain, candidate.patient_id_at_site)
+            cx = to_cx(local)
+        else:
+            cx = patient_cx(patient) if patient is not None else "unknown"
+        instances_transferred(
+            session,
+            settings,
+            source_ae=site.ae_title,
+            source_host=site.host,
+            destination=us(settings, requestor=True),
+            study_uid=prefetch.study_uid,
+            sop_classes={},
+            patient_id=cx,
+            patient_name_value=patient_name(patient) if patient else None,
+            action="C",
+            begin=True,
+            registration_id=prefetch.registration_id,
+        )
+
+
+def retrieve_sent(
+    settings: Settings, db: Database
+) -> Callable[[RetrieveSummary], None]:
+    """A Q/R SCP callback recording what a console retrieved (110104, R)."""
+
+    def write(summary: RetrieveSummary) -> None:
+        destination = peer_ae(
+            summary.destination_ae,
+            summary.destination_host,
+            requestor=summary.destination_ae == summary.requestor_ae,
+        )
+        with db.session() as session:
+            for study in summary.studies:
+                instances_transferred(
+                    session,
+                    settings,
+                    source_ae=settings.ae_title,
+                    source_host=settings.dicom_host,
+                    source=us(settings),
+                    destination=destination,
+                    study_uid=study.study_uid,
+                    sop_classes=study.sop_classes,
+                    patient_id=study.patient_id or "unknown",
+                    patient_name_value=study.patient_name,
+                    action="R",
+                    outcome=4 if summary.cancelled else 0,
+                )
+
+    return write
+
+
+def audit_log_used(
+    session: Session,
+    settings: Settings,
+    *,
+    log_uri: str,
+    query: bytes | None,
+    user: str | None,
+    address: str | None,
+    outcome: int = 0,
+) -> None:
+    """Audit Log Used (110101): someone read the audit trail."""
+    xml = security_messages.audit_log_used(
+        accessor=http_client(user, address),
+        server=us(settings),
+        audit_source=audit_source(settings),
+        log_uri=log_uri,
+        query=query,
+        outcome=outcome,
+    )
+    outbox.record(session, xml)
+
+
+def security_alert(
+    session: Session,
+    settings: Settings,
+    *,
+    alert_type: Code | CodedEnum,
+    subject: str,
+    description: str,
+    peer: messages.Participant | None = None,
+    subject_type: Code | CodedEnum = ParticipantObjectIDTypeCode.URI,
+) -> None:
+    """Security Alert (110113): a bad token, a TLS failure, a refused peer.
+
+    `description` is free text: no token, header or patient data.
+    """
+    xml = security_messages.security_alert(
+        alert_type=alert_type,
+        reporter=us(settings),
+        audit_source=audit_source(settings),
+        subject_id=subject,
+        subject_id_type=subject_type,
+        description=description,
+        performer=peer,
+    )
+    outbox.record(session, xml)
+
+
+def refused_association(
+    settings: Settings, db: Database
+) -> Callable[[RefusedCaller], None]:
+    """A caller-policy callback recording a refused association (110113)."""
+
+    def write(refused: RefusedCaller) -> None:
+        with db.session() as session:
+            security_alert(
+                session,
+                settings,
+                alert_type=EventTypeCode.NODE_AUTHENTICATION,
+                subject=f"{refused.calling_ae}@{refused.address}",
+                subject_type=ParticipantObjectIDTypeCode.NODE_ID,
+                description=f"association refused: {refused.reason}",
+                peer=peer_ae(refused.calling_ae, refused.address),
+            )
+
+    return write
+
+
+def user_authentication(
+    session: Session,
+    settings: Settings,
+    *,
+    user: str,
+    address: str | None,
+    login: bool = True,
+    outcome: int = 0,
+) -> None:
+    """User Authentication (110114): a login or logout, 4 when refused."""
+    xml = security_messages.user_authentication(
+        login=login,
+        user=http_client(user, address),
+        node=us(settings),
+        audit_source=audit_source(settings),
+        outcome=outcome,
+    )
+    outbox.record(session, xml)
+
+
+def sender(settings: Settings, db: Database) -> OutboxSender:
+    """The outbox sender for the configured audit repositories.
+
+    Raises
+    ------
+    ConfigurationError
+        If the TLS files cannot be read or used.
+    """
+    destinations = []
+    for repository in settings.audit_repositories:
+        transport: Transport
+        if repository.scheme is Scheme.TLS:
+            transport = TlsTransport(
+                repository.host, repository.port, _audit_tls_context(settings)
+            )
+        else:
+            transport = UdpTransport(repository.host, repository.port)
+        destinations.append(Destination(repository, transport))
+    return OutboxSender(db, destinations)
+
+
+def start_delivery(audit_sender: OutboxSender, stop: threading.Event) -> None:
+    """Start the thread running `audit_sender` until `stop` is set.
+
+    With no repository configured no thread starts and records stay in the
+    outbox, where ITI-81 still finds them.
+    """
+    if not audit_sender.destinations:
+        logger.info("no audit repository configured; audit records stay in the outbox")
+        return
+    thread = threading.Thread(
+        target=audit_sender.run, args=(stop,), name="audit-sender", daemon=True
+    )
+    thread.start()
+    logger.info(
+        "audit delivery started",
+        extra={"repositories": [d.repository.url for d in audit_sender.destinations]},
+    )
+
+
+def flush_delivery(audit_sender: OutboxSender) -> None:
+    """Send what is due once more, then release the leases (at shutdown)."""
+    if audit_sender.destinations:
+        audit_sender.run_once()
+        audit_sender.release()
+
+
+def _audit_tls_context(settings: Settings) -> ssl.SSLContext:
+    ca, cert, key = (
+        settings.audit_tls_ca,
+        settings.audit_tls_cert,
+        settings.audit_tls_key,
+    )
+    if ca is None or cert is None or key is None:
+        raise ConfigurationError(
+            "a tls:// audit repository needs SPIDERS_AUDIT_TLS_CA, _CERT and _KEY"
+        )
+    try:
+        return client_context(ca, cert, key)
+    except OSError as exc:
+        raise ConfigurationError(f"audit TLS files unusable: {exc}") from exc
+
+
+def _registration_patient(session: Session, registration_id: str | None) -> str | None:
+    if registration_id is None:
+        return None
+    registration = session.get(Registration, registration_id)
+    return None if registration is None else registration.patient_id
+
+
+def _prefetching(session: Session, study_uid: str) -> str | None:
+    running = PrefetchState.RUNNING.value
+    return session.scalar(
+        select(Prefetch.registration_id)
+        .where(Prefetch.study_uid == study_uid)
+        .order_by(
+            (Prefetch.state == running).desc(), Prefetch.started_at.desc().nulls_last()
+        )
+        .limit(1)
+    )

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
+from ihe.dicom.ae import is_safe_uid
 from ihe.iua.roles import Role
 from server import logging_setup, runtime
 from server.config import load_settings
@@ -27,15 +28,23 @@ from server.runtime import Runtime
 console = Console(stderr=True)
 
 
-def _runtime() -> Runtime:
+def _runtime(quiet: bool = False) -> Runtime:
+    """Settings, logging and the runtime; `quiet` keeps one-shot commands'
+    output to warnings and their own lines."""
     try:
         settings = load_settings()
     except ConfigurationError as exc:
         _fail(str(exc))
-    logging_setup.configure(settings.log_level, settings.log_format)
+    level = "WARNING" if quiet and settings.log_level == "INFO" else settings.log_level
+    logging_setup.configure(level, settings.log_format)
     rt = Runtime(settings)
     runtime.install(rt)
     return rt
+
+
+def is_uid(value: str) -> bool:
+    """True for a syntactically valid DICOM UID (PS3.5 9.1)."""
+    return is_safe_uid(value) and len(value) <= 64
 
 
 def _fail(message: str, status: int = 2) -> NoReturn:
@@ -63,17 +72,19 @@ def serve(no_worker: bool) -> None:
         status = run(_runtime(), with_worker=not no_worker)
     except (ConfigurationError, ValueError) as exc:
         _fail(str(exc))
+    except OSError as exc:
+        _fail(f"cannot listen: {exc} (is another server using the port?)")
     sys.exit(status)
 
 
 @main.command()
 @click.option(
     "--concurrency",
-    default=4,
-    show_default=True,
-    help="Tasks run at once by this worker.",
+    type=int,
+    default=None,
+    help="Tasks run at once by this worker [default: SPIDERS_WORKER_CONCURRENCY].",
 )
-def worker(concurrency: int) -> None:
+def worker(concurrency: int | None) -> None:
     """Run a task worker on the configured broker."""
     from server import tasks
 
@@ -88,7 +99,7 @@ def worker(concurrency: int) -> None:
             "--pool",
             "threads",
             "--concurrency",
-            str(concurrency),
+            str(concurrency or rt.settings.worker_concurrency),
             "--loglevel",
             "WARNING",
             "--without-gossip",
@@ -106,12 +117,15 @@ def worker(concurrency: int) -> None:
 def retrieve(site_name: str, study_uid: str) -> None:
     """Retrieve one study from a site into the cache (C-MOVE).
 
-    The cache's DICOM listener must be running (``spiders serve``): it receives
+    The cache's DICOM listener must be running (spiders serve): it receives
     the instances.
     """
     from ihe.qr.rad16_retrieve_images import move_study
+    from server.peers import site_tls
 
-    rt = _runtime()
+    rt = _runtime(quiet=True)
+    if not is_uid(study_uid):
+        _fail(f"{study_uid!r} is not a UID (digits and dots, at most 64 characters)")
     try:
         site = rt.settings.directory.site(site_name)
     except ConfigurationError as exc:
@@ -137,6 +151,7 @@ def retrieve(site_name: str, study_uid: str) -> None:
             study_uid=study_uid,
             destination=rt.settings.ae_title,
             timeout=site.timeout,
+            tls=site_tls(site),
             on_progress=on_progress,
         )
         progress.update(
@@ -177,7 +192,7 @@ def token(roles: tuple[str, ...], subject: str, hours: float) -> None:
     """
     from ihe.iua import dev_keys
 
-    rt = _runtime()
+    rt = _runtime(quiet=True)
     if rt.settings.jwt_keys:
         _fail("SPIDERS_JWT_KEYS is set: get tokens from the identity provider")
     click.echo(
@@ -195,22 +210,26 @@ def status() -> None:
     from server.models import Candidate, Registration
     from server.workflow.status import registration_state
 
-    rt = _runtime()
-    table = Table(
-        "registration",
-        "meeting",
-        "state",
-        "site",
-        "study",
-        "received",
-        "expected",
-        "prefetch",
-        title="Registrations",
-    )
+    rt = _runtime(quiet=True)
+    table = Table(title="Registrations", expand=False)
+    table.add_column("case", no_wrap=True)
+    table.add_column("meeting (UTC)", no_wrap=True)
+    table.add_column("state", no_wrap=True)
+    table.add_column("site", no_wrap=True)
+    table.add_column("study (end of UID)", no_wrap=True)
+    table.add_column("instances", justify="right", no_wrap=True)
+    table.add_column("prefetch", overflow="fold")
     with rt.db.session() as session:
-        for reg in session.scalars(select(Registration)).all():
+        registrations = session.scalars(
+            select(Registration).order_by(Registration.created_at)
+        ).all()
+        for reg in registrations:
             state = registration_state(reg)
-            meeting = reg.meeting_start.isoformat() if reg.meeting_start else ""
+            meeting = (
+                reg.meeting_start.strftime("%Y-%m-%d %H:%M")
+                if reg.meeting_start
+                else ""
+            )
             rows: list[Candidate | None] = [
                 c for c in reg.candidates if c.prefetch
             ] or [None]
@@ -221,11 +240,15 @@ def status() -> None:
                     meeting,
                     state,
                     cand.site_name if cand else "",
-                    cand.study_uid[-16:] if cand else "",
-                    str(p.received_instances) if p else "",
-                    str(p.expected_instances or "") if p else "",
-                    (p.state + (f" ({p.reason})" if p.reason else "")) if p else "",
+                    cand.study_uid[-12:] if cand else "",
+                    f"{p.received_instances}/{p.expected_instances or '?'}"
+                    if p
+                    else "",
+                    (p.state + (f": {p.reason}" if p.reason else "")) if p else "",
                 )
+    if not registrations:
+        click.echo(f"no registrations in {rt.settings.data_dir}")
+        return
     Console().print(table)
 
 
@@ -239,8 +262,8 @@ def status() -> None:
     "--directory",
     type=click.Path(file_okay=False),
     default=None,
-    help="Where the demo keeps its sites and cache (default: a new "
-    "directory under SPIDERS_DATA_DIR).",
+    help="Where the demo keeps its sites and cache; emptied first "
+    "(default: demo/ under SPIDERS_DATA_DIR).",
 )
 def demo(keep_running: bool, directory: str | None) -> None:
     """Run a simulated region of three sites through the whole flow."""

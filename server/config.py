@@ -23,7 +23,8 @@ viewing consoles::
 Limitations
 -----------
 Only the ``c-move`` retrieve method is accepted for now; TLS, association limits
-and maintenance windows per site are not configurable yet.
+and maintenance windows per site are not configurable yet. The audit TLS files
+are checked when the sender starts, not here.
 """
 
 from __future__ import annotations
@@ -36,9 +37,17 @@ from typing import Any
 
 import yaml
 
+from ihe.atna.iti20_record_audit_event import Repository, Scheme
+from ihe.hl7v2.codes import CHARSETS as HL7_CHARSETS
 from server.errors import ConfigurationError
 
 ENV_PREFIX = "SPIDERS_"
+# HL7 v2 intake: the largest MLLP frame (bytes), and the character set of
+# messages with an empty MSH-18. UTF-8 reads plain ASCII alike, and refuses
+# Latin-1 bytes instead of turning accented names into nonsense.
+DEFAULT_MLLP_MAX_FRAME = 10 * 1024 * 1024
+MIN_MLLP_MAX_FRAME = 4096
+DEFAULT_HL7_CHARSET = "UNICODE UTF-8"
 RETRIEVE_METHODS = frozenset({"c-move"})
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
 _OID = re.compile(r"^[0-2](\.(0|[1-9][0-9]*))+$")
@@ -87,7 +96,12 @@ class Directory:
         for site in self.sites:
             if site.name == name:
                 return site
-        raise ConfigurationError(f"no site named {name!r} in the sites file")
+        if not self.sites:
+            raise ConfigurationError(
+                f"no site named {name!r}: no sites are configured (SPIDERS_SITES_FILE)"
+            )
+        known = ", ".join(s.name for s in self.sites)
+        raise ConfigurationError(f"no site named {name!r} (known sites: {known})")
 
     def console_by_ae(self, ae_title: str) -> Console | None:
         """Return the console whose AE title is `ae_title`, if any."""
@@ -129,6 +143,17 @@ class Settings:
     log_format: str = "text"
     log_level: str = "INFO"
     directory: Directory = field(default_factory=Directory)
+    audit_repositories: tuple[Repository, ...] = ()
+    audit_tls_ca: Path | None = None
+    audit_tls_cert: Path | None = None
+    audit_tls_key: Path | None = None
+    mllp_host: str = "127.0.0.1"
+    mllp_port: int = 2575
+    mllp_max_frame: int = DEFAULT_MLLP_MAX_FRAME
+    mllp_tls_cert: Path | None = None
+    mllp_tls_key: Path | None = None
+    mllp_tls_client_ca: Path | None = None
+    hl7_default_charset: str = DEFAULT_HL7_CHARSET
 
     @property
     def cache_dir(self) -> Path:
@@ -182,6 +207,8 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         log_format=get("LOG_FORMAT", "text"),
         log_level=get("LOG_LEVEL", "INFO").upper(),
         directory=load_directory(sites_file) if sites_file else Directory(),
+        **_audit_settings(env),
+        **_mllp_settings(env),
     )
 
 
@@ -231,6 +258,77 @@ def _security(env: dict[str, str]) -> dict[str, Any]:
                 f"SPIDERS_{prefix}_TLS_CERT and SPIDERS_{prefix}_TLS_KEY go together"
             )
     return values
+
+
+def _audit_settings(env: dict[str, str]) -> dict[str, Any]:
+    """Audit repositories (``SPIDERS_AUDIT_*``); TLS needs CA, cert and key."""
+    text = env.get(ENV_PREFIX + "AUDIT_REPOSITORIES", "")
+    try:
+        repositories = tuple(
+            Repository.parse(item) for item in text.split(",") if item.strip()
+        )
+    except ValueError as exc:
+        raise ConfigurationError(f"SPIDERS_AUDIT_REPOSITORIES: {exc}") from exc
+    paths: dict[str, Path | None] = {}
+    for name in ("CA", "CERT", "KEY"):
+        value = env.get(f"{ENV_PREFIX}AUDIT_TLS_{name}", "").strip()
+        paths[name] = Path(value).resolve() if value else None
+    if any(r.scheme is Scheme.TLS for r in repositories):
+        missing = [f"SPIDERS_AUDIT_TLS_{n}" for n, p in paths.items() if p is None]
+        if missing:
+            raise ConfigurationError(
+                "a tls:// audit repository needs mutual TLS: set " + ", ".join(missing)
+            )
+    return {
+        "audit_repositories": repositories,
+        "audit_tls_ca": paths["CA"],
+        "audit_tls_cert": paths["CERT"],
+        "audit_tls_key": paths["KEY"],
+    }
+
+
+def _mllp_settings(env: dict[str, str]) -> dict[str, Any]:
+    """The HL7 v2 listener (``SPIDERS_MLLP_*``, ``SPIDERS_HL7_DEFAULT_CHARSET``)."""
+
+    def opt(name: str) -> str | None:
+        return env.get(ENV_PREFIX + name, "").strip() or None
+
+    def path(name: str) -> Path | None:
+        value = opt(name)
+        return Path(value).resolve() if value else None
+
+    charset = (opt("HL7_DEFAULT_CHARSET") or DEFAULT_HL7_CHARSET).upper()
+    if charset not in HL7_CHARSETS:
+        raise ConfigurationError(
+            f"SPIDERS_HL7_DEFAULT_CHARSET {charset!r} is not an MSH-18 value SPIDERS "
+            f"reads ({', '.join(sorted(HL7_CHARSETS))})"
+        )
+    cert, key = path("MLLP_TLS_CERT"), path("MLLP_TLS_KEY")
+    client_ca = path("MLLP_TLS_CLIENT_CA")
+    if (cert is None) != (key is None):
+        raise ConfigurationError(
+            "SPIDERS_MLLP_TLS_CERT and SPIDERS_MLLP_TLS_KEY go together"
+        )
+    if client_ca is not None and cert is None:
+        raise ConfigurationError(
+            "SPIDERS_MLLP_TLS_CLIENT_CA needs SPIDERS_MLLP_TLS_CERT and _KEY"
+        )
+    max_frame = _int(
+        opt("MLLP_MAX_FRAME") or DEFAULT_MLLP_MAX_FRAME, "SPIDERS_MLLP_MAX_FRAME"
+    )
+    if max_frame < MIN_MLLP_MAX_FRAME:
+        raise ConfigurationError(
+            f"SPIDERS_MLLP_MAX_FRAME must be at least {MIN_MLLP_MAX_FRAME} bytes"
+        )
+    return {
+        "mllp_host": opt("MLLP_HOST") or "127.0.0.1",
+        "mllp_port": _int(opt("MLLP_PORT") or 2575, "SPIDERS_MLLP_PORT"),
+        "mllp_max_frame": max_frame,
+        "mllp_tls_cert": cert,
+        "mllp_tls_key": key,
+        "mllp_tls_client_ca": client_ca,
+        "hl7_default_charset": charset,
+    }
 
 
 def load_directory(path: Path) -> Directory:

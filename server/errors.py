@@ -10,12 +10,17 @@ builder); code in between never translates, it raises and chains with
     ├── ConfigurationError          bad settings or sites file; the command exits 2
     ├── InputError                  the request itself is wrong
     │   ├── InvalidResource         FHIR 400/422 with an OperationOutcome
-    │   └── UnknownReference        FHIR 422, a reference to nothing we know
+    │   ├── UnknownReference        FHIR 422, a reference to nothing we know;
+    │   │                           HL7 ACK AE, ERR-3 204
+    │   └── MessageError            HL7 ACK AE with ERR (table 0357 code, location)
+    │       └── MessageRejected     HL7 ACK AR: unsupported type, event, version
     ├── Unauthorized                401, Bearer error="invalid_token"
     ├── Forbidden                   403, Bearer error="insufficient_scope"
     ├── NotFound                    FHIR 404 with an OperationOutcome
-    ├── Conflict                    FHIR 409: the state forbids the change
-    ├── IdentityError               the patient index refuses to link or resolve
+    ├── Conflict                    FHIR 409: the state forbids the change;
+    │                               HL7 ACK AE, ERR-3 205
+    ├── IdentityError               the patient index refuses to link or resolve;
+    │                               FHIR 409, HL7 ACK AE with ERR-3 205
     └── PeerError                   a remote system failed us
         ├── AssociationFailed       DICOM association rejected, aborted or refused
         └── DimseFailure            DIMSE failure status from a peer
@@ -89,6 +94,32 @@ class Forbidden(SpidersError):
     http_status = 403
     fhir_code = "forbidden"
     bearer_error = "insufficient_scope"
+
+
+class MessageError(InputError):
+    """An HL7 v2 message that cannot be accepted as sent: ``AE`` with ERR.
+
+    Parameters
+    ----------
+    message : str
+        One sentence for the sender (ERR-8); never patient data.
+    code : int
+        The HL7 table 0357 error code (ERR-3).
+    location : tuple of str or int
+        The error location (ERR-2, ERL): segment ID, sequence, field,
+        repetition, component, subcomponent, as many as known.
+    """
+
+    def __init__(
+        self, message: str, code: int, location: Sequence[str | int] = ()
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.location: tuple[str | int, ...] = tuple(location)
+
+
+class MessageRejected(MessageError):
+    """An HL7 v2 message refused unprocessed: ``AR`` with ERR."""
 
 
 class NotFound(SpidersError):

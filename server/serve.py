@@ -1,11 +1,13 @@
 """``spiders serve``: the HTTP API, the cache's DICOM listener and a worker.
 
 One process tree: this process runs the HTTP server (cheroot, TLS when
-configured), the DICOM listener (pynetdicom, in threads) and the dispatcher
-that hands due work to
+configured), the DICOM listener (pynetdicom, in threads), the HL7 v2 listener
+(MLLP, in threads) and the dispatcher that hands due work to
 the queue; a child process runs the Celery worker on the configured broker.
 SIGINT or SIGTERM stops the listener, the worker and the HTTP server, in
-that order, and writes the Application Stop audit record.
+that order, and writes the Application Stop audit record. A thread sends the
+audit outbox to the configured audit repositories (ITI-20) and, at the stop,
+sends it once more.
 
 Limitations
 -----------
@@ -29,6 +31,8 @@ from cheroot.ssl.builtin import BuiltinSSLAdapter
 from pynetdicom import StoragePresentationContexts
 from pynetdicom.transport import ThreadedAssociationServer
 
+from ihe.atna.delivery import OutboxSender
+from ihe.dicom.acceptance import CallerPolicy
 from ihe.dicom.ae import add_storage_scp_contexts, make_ae
 from ihe.dicom.qr_scp import QueryRetrieveSCP
 from ihe.dicom.sop_classes import (
@@ -41,6 +45,9 @@ from ihe.dicom.sop_classes import (
     Verification,
 )
 from ihe.dicom.storage_scp import AssociationSummary, StorageSCP
+from ihe.hl7v2.listener import MllpListener
+from ihe.hl7v2.receiver import make_listener
+from ihe.tls import server_context
 from server import audit, tasks
 from server.http.app import create_app
 from server.runtime import Runtime
@@ -66,6 +73,8 @@ class Services:
     http: Any
     worker: subprocess.Popen[bytes] | None
     stop: threading.Event = field(default_factory=threading.Event)
+    audit_sender: OutboxSender | None = None
+    mllp: MllpListener | None = None
 
 
 def start_dicom(rt: Runtime) -> ThreadedAssociationServer:
@@ -82,18 +91,60 @@ def start_dicom(rt: Runtime) -> ThreadedAssociationServer:
         assert cx.abstract_syntax is not None
         ae.add_requested_context(cx.abstract_syntax)
     storage = StorageSCP(rt.archive, on_association_done=_audit_delivery(rt))
-    qr = QueryRetrieveSCP(rt.archive, settings.ae_title, _destination(rt))
+    qr = QueryRetrieveSCP(
+        rt.archive,
+        settings.ae_title,
+        _destination(rt),
+        on_sent=audit.retrieve_sent(settings, rt.db),
+    )
+    policy = caller_policy(rt)
+    tls = None
+    if settings.dicom_tls_cert and settings.dicom_tls_key:
+        tls = server_context(
+            settings.dicom_tls_cert,
+            settings.dicom_tls_key,
+            settings.dicom_tls_client_ca,
+        )
     server = ae.start_server(
         (settings.dicom_host, settings.dicom_port),
         block=False,
-        evt_handlers=[*storage.handlers, *qr.handlers],
+        ssl_context=tls,
+        evt_handlers=[*policy.handlers, *storage.handlers, *qr.handlers],
     )
     assert server is not None
     logger.info(
         "DICOM listener started",
-        extra={"ae_title": settings.ae_title, "port": settings.dicom_port},
+        extra={
+            "ae_title": settings.ae_title,
+            "port": settings.dicom_port,
+            "tls": tls is not None,
+            "known_callers": len(policy.allowed),
+        },
     )
     return server
+
+
+def caller_policy(rt: Runtime) -> CallerPolicy:
+    """The sites and consoles of the sites file, each from its own host."""
+    directory = rt.settings.directory
+    allowed: dict[str, set[str]] = {}
+    peers = [(s.ae_title, s.host) for s in directory.sites] + [
+        (c.ae_title, c.host) for c in directory.consoles
+    ]
+    for ae_title, host in peers:
+        allowed.setdefault(ae_title, set()).add(host)
+    return CallerPolicy(
+        allowed,
+        allow_unknown=rt.settings.dicom_allow_unknown_callers,
+        on_refused=audit.refused_association(rt.settings, rt.db),
+    )
+
+
+def start_mllp(rt: Runtime) -> MllpListener:
+    """Start the HL7 v2 listener: scheduling, orders and patient feeds over MLLP."""
+    listener = make_listener(rt.settings, rt.db, on_committed=tasks.dispatch_due)
+    listener.start()
+    return listener
 
 
 def start_worker(rt: Runtime) -> subprocess.Popen[bytes]:
@@ -118,13 +169,21 @@ def serve(
     settings = rt.settings
     tasks.configure(settings)
     _ = rt.token_verifier  # read the keys now: a bad key file stops the start
+    audit_sender = audit.sender(settings, rt.db)  # so does a bad audit TLS file
+    if not settings.directory.sites:
+        logger.warning(
+            "no sites configured: registrations will find no studies "
+            "(set SPIDERS_SITES_FILE)"
+        )
     with rt.db.session() as session:
         audit.application(session, settings, started=True)
     dicom = start_dicom(rt)
+    mllp = start_mllp(rt)
     http = start_http(rt)
     worker = start_worker(rt) if with_worker else None
-    services = Services(dicom, http, worker)
+    services = Services(dicom, http, worker, audit_sender=audit_sender, mllp=mllp)
     _install_signals(services)
+    audit.start_delivery(audit_sender, services.stop)
     dispatcher = threading.Thread(
         target=_dispatch_loop, args=(services,), name="dispatcher", daemon=True
     )
@@ -189,6 +248,8 @@ def _shutdown(rt: Runtime, services: Services) -> int:
     services.stop.set()
     services.http.stop()
     services.dicom.shutdown()
+    if services.mllp is not None:
+        services.mllp.stop()
     status = 0
     if services.worker is not None:
         if services.worker.poll() is None:
@@ -202,6 +263,8 @@ def _shutdown(rt: Runtime, services: Services) -> int:
             status = 1
     with rt.db.session() as session:
         audit.application(session, rt.settings, started=False)
+    if services.audit_sender is not None:
+        audit.flush_delivery(services.audit_sender)
     logger.info("stopped")
     return status
 

@@ -294,6 +294,39 @@ def test_flow_every_audit_message_valid_and_each_step_audited(flow: Flow) -> Non
     assert len(transferred) >= 3
 
 
+def test_flow_registration_trail_from_intake_to_console(flow: Flow) -> None:
+    person = next(p for p in scenario.PEOPLE if p.key == "desoeuvres")
+    selected = expected_studies(flow, "desoeuvres")
+
+    bundle = flow.server.get(f"/api/registrations/{flow.cases['desoeuvres']}/audit")
+
+    entries = [e["resource"] for e in bundle["entry"]]
+    events = [(e["type"]["code"], e["action"]) for e in entries]
+    assert events[:2] == [("110110", "C"), ("110111", "C")]
+    assert events.count(("110112", "E")) == len(person.local_ids)
+    assert events.count(("110102", "E")) >= len(selected)
+    into_cache = {
+        e["entity"][0]["what"]["identifier"]["value"]
+        for e in entries
+        if (e["type"]["code"], e["action"]) == ("110104", "C")
+    }
+    assert into_cache == set(selected)
+    to_console = [
+        e
+        for e in entries
+        if (e["type"]["code"], e["action"]) == ("110104", "R")
+        and e["agent"][1]["who"]["identifier"]["value"] == demo.CONSOLE_AE
+    ]
+    assert to_console, events
+    patients = {
+        entity["what"].get("reference")
+        for e in entries
+        for entity in e.get("entity", [])
+        if entity["role"]["code"] == "1"
+    }
+    assert len(patients) == 1 and None not in patients
+
+
 def test_flow_logs_carry_no_patient_data(flow: Flow) -> None:
     log = (flow.root / "spiders.log").read_text(encoding="utf-8", errors="replace")
     assert "patient created in the index" in log

@@ -128,9 +128,12 @@ class EventTypeCode(CodedEnum):
     ITI_8 = "ITI-8", "Patient Identity Feed", IHE_TRANSACTIONS
     ITI_9 = "ITI-9", "PIX Query", IHE_TRANSACTIONS
     ITI_18 = "ITI-18", "Registry Stored Query", IHE_TRANSACTIONS
+    ITI_20 = "ITI-20", "Record Audit Event", IHE_TRANSACTIONS
     ITI_21 = "ITI-21", "Patient Demographics Query", IHE_TRANSACTIONS
     ITI_30 = "ITI-30", "Patient Identity Management", IHE_TRANSACTIONS
+    ITI_31 = "ITI-31", "Patient Encounter Management", IHE_TRANSACTIONS
     ITI_41 = "ITI-41", "Provide and Register Document Set-b", IHE_TRANSACTIONS
+    ITI_81 = "ITI-81", "Retrieve ATNA Audit Event", IHE_TRANSACTIONS
     RAD_14 = "RAD-14", "Query Images", IHE_TRANSACTIONS
     RAD_16 = "RAD-16", "Retrieve Images", IHE_TRANSACTIONS
     RAD_69 = "RAD-69", "Retrieve Imaging Document Set", IHE_TRANSACTIONS

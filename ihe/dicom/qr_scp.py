@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom import dcmread
@@ -95,6 +96,28 @@ class Match:
     rows: list[CachedInstance]
 
 
+@dataclass
+class StudySent:
+    """What one C-MOVE or C-GET offered of one study."""
+
+    study_uid: str
+    patient_id: str | None
+    patient_name: str | None
+    sop_classes: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass
+class RetrieveSummary:
+    """What one C-MOVE or C-GET sent, and to whom, for auditing."""
+
+    requestor_ae: str
+    requestor_address: str
+    destination_ae: str
+    destination_host: str
+    studies: list[StudySent]
+    cancelled: bool = False
+
+
 class QueryRetrieveSCP:
     """C-FIND, C-MOVE and C-GET handlers over `archive`.
 
@@ -105,19 +128,27 @@ class QueryRetrieveSCP:
     ae_title : str
         Our AE title, returned as Retrieve AE Title.
     move_destination : callable
-        Maps a Move Destination AE title to ``(host, port)``, or ``None``
-        when the destination is unknown (answered 0xA801).
+        Maps a Move Destination AE title to ``(host, port)`` or ``(host, port,
+        associate keyword arguments)`` (for example ``{"tls_args": ...}``), or
+        ``None`` when the destination is unknown (answered 0xA801).
+    on_sent : callable, optional
+        Called with a :class:`RetrieveSummary` once a C-MOVE or C-GET has
+        offered its last instance, to audit the transfer; its errors are
+        logged, never sent to the peer. The counts are the instances handed
+        to pynetdicom, whose sub-operation statuses the handler never sees.
     """
 
     def __init__(
         self,
         archive: Archive,
         ae_title: str,
-        move_destination: Callable[[str], tuple[str, int] | None],
+        move_destination: Callable[[str], tuple[Any, ...] | None],
+        on_sent: Callable[[RetrieveSummary], None] | None = None,
     ) -> None:
         self.archive = archive
         self.ae_title = ae_title
         self.move_destination = move_destination
+        self.on_sent = on_sent
 
     @property
     def handlers(self) -> list[evt.EventHandlerType]:
@@ -220,14 +251,16 @@ class QueryRetrieveSCP:
             )
             yield None, None
             return
-        yield destination[0], destination[1]
-        yield from self._send(event)
+        yield destination
+        move_ae = str(event.move_destination).strip()
+        yield from self._send(event, move_ae, str(destination[0]))
 
     def handle_get(self, event: Event) -> Iterator[Any]:
         """Yield the number of matching instances, then each of them."""
-        yield from self._send(event)
+        requestor = event.assoc.requestor
+        yield from self._send(event, requestor.ae_title, requestor.address)
 
-    def _send(self, event: Event) -> Iterator[Any]:
+    def _send(self, event: Event, dest_ae: str, dest_host: str) -> Iterator[Any]:
         identifier = event.identifier
         level = str(identifier.get("QueryRetrieveLevel", "")).strip().upper()
         if level not in LEVELS:
@@ -238,17 +271,44 @@ class QueryRetrieveSCP:
         rows = [row for match in self.search(level, identifier) for row in match.rows]
         logger.info(LOG_RETRIEVE, extra={"level": level, "instances": len(rows)})
         yield len(rows)
-        for path in self.archive.absolute(rows):
-            if event.is_cancelled:
-                yield 0xFE00, None
-                return
-            try:
-                ds = dcmread(path)
-            except (OSError, ValueError) as exc:
-                logger.error("cached file unreadable", extra={"error": str(exc)})
-                yield STATUS_UNABLE_TO_PROCESS, None
-                continue
-            yield STATUS_PENDING, ds
+        requestor = event.assoc.requestor
+        summary = RetrieveSummary(
+            requestor.ae_title, requestor.address, dest_ae, dest_host, []
+        )
+        try:
+            for row, path in zip(rows, self.archive.absolute(rows), strict=True):
+                if event.is_cancelled:
+                    summary.cancelled = True
+                    yield 0xFE00, None
+                    return
+                try:
+                    ds = dcmread(path)
+                except (OSError, ValueError) as exc:
+                    logger.error("cached file unreadable", extra={"error": str(exc)})
+                    yield STATUS_UNABLE_TO_PROCESS, None
+                    continue
+                _count_sent(summary, row)
+                yield STATUS_PENDING, ds
+        finally:
+            self._report(summary)
+
+    def _report(self, summary: RetrieveSummary) -> None:
+        if self.on_sent is None or not summary.studies:
+            return
+        try:
+            self.on_sent(summary)
+        except Exception:
+            logger.exception("audit of a retrieve failed")
+
+
+def _count_sent(summary: RetrieveSummary, row: CachedInstance) -> None:
+    for study in summary.studies:
+        if study.study_uid == row.study_uid:
+            break
+    else:
+        study = StudySent(row.study_uid, row.patient_id, row.patient_name)
+        summary.studies.append(study)
+    study.sop_classes[row.sop_class_uid] += 1
 
 
 def _value(identifier: Dataset, keyword: str) -> str:

@@ -14,6 +14,7 @@ of the query; responses are not deduplicated across sites here.
 from __future__ import annotations
 
 import logging
+import ssl
 from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
@@ -82,6 +83,7 @@ def query_studies(
     port: int,
     patient_id: str,
     timeout: float = 30.0,
+    tls: ssl.SSLContext | None = None,
 ) -> QueryResult:
     """Find the studies of `patient_id` at one site.
 
@@ -96,7 +98,8 @@ def query_studies(
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.add_requested_context(SOP_CLASS)
     identifier = build_identifier(patient_id)
-    assoc = ae.associate(host, port, ae_title=ae_title)
+    tls_args = (tls, host) if tls is not None else None
+    assoc = ae.associate(host, port, ae_title=ae_title, tls_args=tls_args)
     if not assoc.is_established:
         raise AssociationFailed(f"association with {ae_title} not established")
     studies: dict[str, StudyFound] = {}

@@ -27,6 +27,7 @@ site down from a site that refused the association.
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -80,6 +81,7 @@ def move_study(
     study_uid: str,
     destination: str,
     timeout: float = 30.0,
+    tls: ssl.SSLContext | None = None,
     on_progress: Callable[[int, int | None], None] | None = None,
 ) -> MoveOutcome:
     """Ask a site to send `study_uid` to `destination`.
@@ -101,7 +103,8 @@ def move_study(
     identifier = Dataset()
     identifier.QueryRetrieveLevel = "STUDY"
     identifier.StudyInstanceUID = study_uid
-    assoc = ae.associate(host, port, ae_title=ae_title)
+    tls_args = (tls, host) if tls is not None else None
+    assoc = ae.associate(host, port, ae_title=ae_title, tls_args=tls_args)
     if not assoc.is_established:
         return _done(
             MoveOutcome(

@@ -19,6 +19,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -126,8 +127,16 @@ def write_sites_file(
 class Server:
     """``spiders serve`` as a child process."""
 
-    def __init__(self, env: dict[str, str], http_port: int, log: Path) -> None:
-        self.base = f"http://127.0.0.1:{http_port}"
+    def __init__(
+        self,
+        env: dict[str, str],
+        http_port: int,
+        log: Path,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        scheme = "https" if tls is not None else "http"
+        self.base = f"{scheme}://127.0.0.1:{http_port}"
+        self.tls = tls
         self.env = env
         self.token: str | None = None
         self._log = log.open("wb")
@@ -164,7 +173,7 @@ class Server:
             self.base + path, data=data, method=method, headers=headers
         )
         try:
-            with urllib.request.urlopen(req, timeout=30) as rsp:
+            with urllib.request.urlopen(req, timeout=30, context=self.tls) as rsp:
                 return rsp.status, json.loads(rsp.read() or b"null")
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read() or b"null")
@@ -204,8 +213,13 @@ def server_env(
     sites_file: Path,
     http_port: int,
     dicom_port: int,
+    mllp_port: int | None = None,
 ) -> dict[str, str]:
-    """The environment of the demo's ``spiders serve``."""
+    """The environment of the demo's ``spiders serve``.
+
+    The MLLP listener gets `mllp_port`, or a free port: the demo sends no HL7
+    v2 and must not depend on 2575 being free.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPIDERS_")}
     env.update(
         {
@@ -213,6 +227,7 @@ def server_env(
             "SPIDERS_SITES_FILE": str(sites_file),
             "SPIDERS_HTTP_PORT": str(http_port),
             "SPIDERS_DICOM_PORT": str(dicom_port),
+            "SPIDERS_MLLP_PORT": str(mllp_port or free_port()),
             "SPIDERS_AE_TITLE": settings.ae_title,
             "SPIDERS_LOG_FORMAT": settings.log_format,
         }
@@ -302,6 +317,9 @@ def run_demo(
         final = follow(server, cases, console)
         homonym_cached = _homonym_in_cache(root / "spiders", network)
         ok = _summary(console, final, homonym_cached)
+        console.print(
+            f"the cases later: SPIDERS_DATA_DIR={root / 'spiders'} spiders status"
+        )
         if keep_running:
             _wait_for_interrupt(console, server, settings.ae_title, dicom_port)
     finally:

@@ -12,8 +12,10 @@ Runs in the calling process's threads; not meant as a PACS for real use.
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from pydicom import dcmread
 from pynetdicom import StoragePresentationContexts
@@ -53,7 +55,7 @@ class SimulatedSite:
         self.db = Database(f"sqlite:///{root / 'index.sqlite'}")
         self.db.create_schema()
         self.archive = Archive(root / "files", self.db.sessions)
-        self.destinations: dict[str, tuple[str, int]] = {}
+        self.destinations: dict[str, tuple[Any, ...]] = {}
         self.port: int | None = None
         self._server: ThreadedAssociationServer | None = None
 
@@ -68,8 +70,10 @@ class SimulatedSite:
             count += 1
         return count
 
-    def start(self, port: int, host: str = "127.0.0.1") -> None:
-        """Listen on `host`:`port`."""
+    def start(
+        self, port: int, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None
+    ) -> None:
+        """Listen on `host`:`port`, with TLS when `tls` is given."""
         ae = make_ae(self.ae_title)
         add_storage_scp_contexts(ae)
         for model in (
@@ -85,7 +89,7 @@ class SimulatedSite:
             ae.add_requested_context(cx.abstract_syntax)
         qr = QueryRetrieveSCP(self.archive, self.ae_title, self.destinations.get)
         self._server = ae.start_server(
-            (host, port), block=False, evt_handlers=qr.handlers
+            (host, port), block=False, ssl_context=tls, evt_handlers=qr.handlers
         )
         self.port = port
         logger.info(

@@ -15,7 +15,7 @@ from werkzeug.exceptions import HTTPException
 
 from server import runtime
 from server.errors import Forbidden, InputError, SpidersError, Unauthorized
-from server.http import api, fhir
+from server.http import api, audit_events, fhir
 from server.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -37,6 +37,8 @@ def create_app(rt: Runtime | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.register_blueprint(fhir.bp, url_prefix="/fhir")
     app.register_blueprint(api.bp, url_prefix="/api")
+    app.register_blueprint(audit_events.bp, url_prefix="/fhir")
+    app.register_blueprint(audit_events.trail_bp, url_prefix="/api")
 
     @app.get("/healthz")
     def healthz() -> Response:

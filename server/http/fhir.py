@@ -21,7 +21,7 @@ from mappings.fhir_appointment import parse_appointment
 from mappings.fhir_patient import parse_patient
 from server import audit, tasks
 from server.errors import InputError, InvalidResource, NotFound
-from server.http.auth import requires
+from server.http.auth import caller, requires
 from server.models import Patient, Prefetch, Registration
 from server.runtime import Runtime
 from server.workflow import registrations
@@ -81,6 +81,14 @@ def create_appointment() -> Response:
     with rt().db.session() as session:
         done = registrations.register(session, req, body)
         registration = done.registration
+        if done.created:
+            audit.registration_created(
+                session,
+                rt().settings,
+                registration,
+                user=caller(),
+                address=request.remote_addr,
+            )
         resource, reg_id = registration.resource, registration.id
     if done.created and registration.discovery == "pending":
         tasks.dispatch_due()
@@ -180,6 +188,12 @@ def capability_statement() -> dict[str, Any]:
                         "Task",
                         ["read", "search-type"],
                         "One study's prefetch into the board's imaging cache.",
+                    ),
+                    resource(
+                        "AuditEvent",
+                        ["read", "search-type"],
+                        "IHE ITI-81: the audit trail, for security officers; a "
+                        "date bound is required.",
                     ),
                 ],
             }

@@ -3,12 +3,20 @@
 ``Patient`` and ``PatientIdentifier`` form the patient index; ``Board`` and
 ``Registration`` the tumour-board cases; ``SiteQuery`` and ``Candidate`` what
 discovery found; ``Prefetch`` one study's retrieve; ``CachedInstance`` what the
-cache holds; ``AuditRecord`` the audit outbox.
+cache holds; ``Hl7Message`` every HL7 v2 message received and its
+acknowledgement; ``AuditRecord`` the audit outbox, with its search keys and
+delivery state.
 """
 
-from server.models.audit import AuditRecord
+from server.models.audit import (
+    AuditDelivery,
+    AuditRecord,
+    AuditRepository,
+    AuditSearchKey,
+)
 from server.models.base import Base, new_id, utcnow
 from server.models.cache import CachedInstance
+from server.models.hl7 import Hl7Message, Hl7Outcome
 from server.models.patient import Patient, PatientIdentifier
 from server.models.registration import (
     Board,
@@ -20,11 +28,16 @@ from server.models.registration import (
 )
 
 __all__ = [
+    "AuditDelivery",
     "AuditRecord",
+    "AuditRepository",
+    "AuditSearchKey",
     "Base",
     "Board",
     "CachedInstance",
     "Candidate",
+    "Hl7Message",
+    "Hl7Outcome",
     "Patient",
     "PatientIdentifier",
     "Prefetch",

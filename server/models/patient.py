@@ -1,9 +1,13 @@
 """The patient index: one person, many identifiers, each in its domain.
 
+A merge (HL7 A40) moves the absorbed patient's identifiers to the survivor,
+each remembering where it came from (``merged_from``), and leaves the absorbed
+patient inactive with ``merged_into`` set.
+
 Limitations
 -----------
-One name per patient (the used name) plus the birth name; merge history and
-identity attributes other than the INS status are not modelled yet.
+One name per patient (the used name) plus the birth name; the identity
+status (``ins_status``) and attributes are kept as sent, without history.
 """
 
 from __future__ import annotations
@@ -37,7 +41,11 @@ class Patient(Base):
     birth_date: Mapped[date | None] = mapped_column(Date)
     sex: Mapped[str | None] = mapped_column(String(16))
     ins_status: Mapped[str | None] = mapped_column(String(8))
+    # RNIV identity attributes (PID-32 beside the status): DOUT, FICT, HOMA...
+    identity_attributes: Mapped[list[str] | None] = mapped_column(JSON)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # The survivor this patient was merged into (inactive then).
+    merged_into: Mapped[str | None] = mapped_column(String(64))
     resource: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
@@ -51,11 +59,13 @@ class Patient(Base):
     )
 
     def identifier_in(self, system: str) -> str | None:
-        """Return this patient's identifier value in domain `system`, if any."""
-        for ident in self.identifiers:
-            if ident.system == system:
-                return ident.value
-        return None
+        """Return this patient's identifier value in domain `system`, if any.
+
+        The patient's own identifier comes before one taken over in a merge.
+        """
+        found = [i for i in self.identifiers if i.system == system]
+        found.sort(key=lambda ident: ident.merged_from is not None)
+        return found[0].value if found else None
 
 
 class PatientIdentifier(Base):
@@ -71,5 +81,7 @@ class PatientIdentifier(Base):
     system: Mapped[str] = mapped_column(String(128))
     value: Mapped[str] = mapped_column(String(128))
     type_code: Mapped[str | None] = mapped_column(String(16))
+    # The patient this identifier belonged to before a merge moved it here.
+    merged_from: Mapped[str | None] = mapped_column(String(64))
 
     patient: Mapped[Patient] = relationship(back_populates="identifiers")

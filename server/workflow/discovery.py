@@ -31,6 +31,7 @@ from server import audit
 from server.config import Settings, Site
 from server.errors import PeerError
 from server.models import Candidate, Registration, SiteQuery, utcnow
+from server.peers import site_tls
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +112,7 @@ def _query_one(settings: Settings, site: Site, local_id: str) -> rad14.QueryResu
         port=site.port,
         patient_id=local_id,
         timeout=site.timeout,
+        tls=site_tls(site),
     )
 
 

@@ -26,10 +26,12 @@ from sqlalchemy.orm import Session
 
 from ihe.dicom.archive import Archive
 from ihe.qr.rad16_retrieve_images import MoveOutcome, move_study
+from server import audit
 from server.config import Settings
 from server.db import Database
 from server.errors import ConfigurationError
 from server.models import Prefetch, PrefetchState, utcnow
+from server.peers import site_tls
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +68,7 @@ def run(settings: Settings, db: Database, archive: Archive, prefetch_id: str) ->
     except ConfigurationError as exc:
         outcome = MoveOutcome("unable_to_process", error_comment=str(exc))
     else:
+        audit.prefetch_begins(db, settings, prefetch_id, site)
         outcome = move_study(
             calling_ae=settings.ae_title,
             ae_title=site.ae_title,
@@ -74,6 +77,7 @@ def run(settings: Settings, db: Database, archive: Archive, prefetch_id: str) ->
             study_uid=study_uid,
             destination=settings.ae_title,
             timeout=site.timeout,
+            tls=site_tls(site),
         )
     received = archive.count_instances(study_uid)
     with db.session() as session:

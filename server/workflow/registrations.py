@@ -1,17 +1,23 @@
-"""Registering a patient for a tumour board from a FHIR Appointment.
+"""Registering a patient for a tumour board, from a FHIR Appointment or an SIU.
 
 An Appointment's identifier is the sender's key: the same Appointment sent
 again is answered with the registration already made, never registered twice.
+The scheduling messages address a registration by that key (:func:`find`)
+to reschedule or modify it (:func:`reschedule`), cancel it (:func:`cancel`,
+which also cancels the retrieves not yet started) or record a no-show
+(:func:`no_show`).
 
 Limitations
 -----------
-Rescheduling and cancellation through an update of the Appointment are not
-supported yet; a resend that differs from the stored one is refused.
+Over FHIR, rescheduling and cancellation through an update of the
+Appointment are not supported yet; a resend that differs from the stored one
+is refused. A registration is found by the one key it was created with.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,12 +26,25 @@ from sqlalchemy.orm import Session
 
 from ihe.pix import patient_index
 from mappings.fhir_appointment import ACTIVE_STATUS, RegistrationRequest
+from mappings.identifiers import Identifier
+from server.config import Settings
 from server.errors import Conflict, UnknownReference
-from server.models import Board, Patient, Registration, new_id, utcnow
+from server.models import (
+    Board,
+    Patient,
+    Prefetch,
+    PrefetchState,
+    Registration,
+    new_id,
+    utcnow,
+)
+from server.workflow import prefetch, selection
 
 logger = logging.getLogger(__name__)
 
 LOG_REGISTERED = "registration created"
+LOG_RESCHEDULED = "registration rescheduled"
+LOG_CANCELLED = "registration cancelled"
 
 
 @dataclass(frozen=True)
@@ -90,6 +109,93 @@ def register(
     return Registered(registration, created=True)
 
 
+def find(session: Session, keys: Iterable[Identifier]) -> Registration | None:
+    """The registration created with one of `keys` (tried in order), if any."""
+    for key in keys:
+        registration = session.scalar(
+            select(Registration).where(
+                Registration.identifier_system == key.system,
+                Registration.identifier_value == key.value,
+            )
+        )
+        if registration is not None:
+            return registration
+    return None
+
+
+def reschedule(
+    session: Session,
+    settings: Settings,
+    registration: Registration,
+    request: RegistrationRequest,
+    resource: dict[str, Any],
+) -> Registration:
+    """Apply a rescheduled or modified appointment to its registration.
+
+    The meeting, board and status change as `request` says (a missing start
+    or board keeps the current one). Retrieves not yet due follow the new
+    meeting time; an inactive status cancels those not started.
+
+    Raises
+    ------
+    Conflict
+        The request names another patient.
+    """
+    patient_id = request.patient.resource_id
+    if patient_id is not None and patient_id != registration.patient_id:
+        raise Conflict("a rescheduled appointment cannot change its patient")
+    if request.location_reference is not None:
+        registration.board = _board(session, request)
+    registration.status = request.status
+    if request.start is not None:
+        registration.meeting_start = request.start
+        registration.meeting_end = request.end
+    if request.status in ACTIVE_STATUS:
+        if registration.discovery == "none":
+            registration.discovery = "pending"
+        due = selection.due_time(settings, registration)
+        for waiting in _scheduled(session, registration):
+            waiting.due_at = due
+    else:
+        _stop(session, registration)
+    _new_version(registration, resource)
+    logger.info(
+        LOG_RESCHEDULED,
+        extra={"registration": registration.id, "status": registration.status},
+    )
+    return registration
+
+
+def cancel(
+    session: Session, registration: Registration, status: str = "cancelled"
+) -> int:
+    """Cancel a registration and its retrieves not started; returns how many.
+
+    `status` is ``cancelled``, or ``entered-in-error`` for a deletion.
+    """
+    registration.status = status
+    cancelled = _stop(session, registration)
+    _new_version(registration, {**registration.resource, "status": status})
+    logger.info(
+        LOG_CANCELLED,
+        extra={
+            "registration": registration.id,
+            "status": status,
+            "prefetches": cancelled,
+        },
+    )
+    return cancelled
+
+
+def no_show(session: Session, registration: Registration) -> int:
+    """Record that the patient's case was not presented (``noshow``).
+
+    The retrieves not started are cancelled, as for a cancellation; returns
+    how many.
+    """
+    return cancel(session, registration, "noshow")
+
+
 def stamp(resource: dict[str, Any], resource_id: str, version: int) -> dict[str, Any]:
     """The resource as stored: our id, version and last update time."""
     stored = dict(resource)
@@ -118,6 +224,29 @@ def _patient(session: Session, request: RegistrationRequest) -> Patient:
             [("Appointment.participant.actor", f"{where} is unknown")],
         )
     return patient
+
+
+def _scheduled(session: Session, registration: Registration) -> list[Prefetch]:
+    return list(
+        session.scalars(
+            select(Prefetch).where(
+                Prefetch.registration_id == registration.id,
+                Prefetch.state == PrefetchState.SCHEDULED,
+            )
+        )
+    )
+
+
+def _stop(session: Session, registration: Registration) -> int:
+    """No discovery to come and no retrieve to start for `registration`."""
+    if registration.discovery == "pending":
+        registration.discovery = "none"
+    return prefetch.cancel_for(session, registration.id)
+
+
+def _new_version(registration: Registration, resource: dict[str, Any]) -> None:
+    registration.version += 1
+    registration.resource = stamp(resource, registration.id, registration.version)
 
 
 def _board(session: Session, request: RegistrationRequest) -> Board | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -65,15 +66,29 @@ def test_serve_stops_cleanly_on_signal_with_worker(tmp_path: Path, sig: int) -> 
 
 
 @pytest.mark.peer
-def test_serve_dicom_listener_answers_echo(tmp_path: Path) -> None:
+def test_serve_dicom_listener_admits_known_callers_only(tmp_path: Path) -> None:
     sites = tmp_path / "sites.yaml"
-    sites.write_text("sites: []\n", encoding="utf-8")
+    sites.write_text(
+        yaml.safe_dump(
+            {
+                "consoles": [
+                    {
+                        "name": "salle",
+                        "ae_title": "CONSOLE",
+                        "host": "127.0.0.1",
+                        "port": 11113,
+                    }
+                ]
+            }
+        ),
+        encoding="utf-8",
+    )
     http_port, dicom_port = free_port(), free_port()
     env = server_env(load_settings({}), tmp_path / "data", sites, http_port, dicom_port)
     server = Server(env, http_port, tmp_path / "serve.log")
     try:
         server.wait_ready()
-        proc = run_dcmtk(
+        known = run_dcmtk(
             "echoscu",
             "-aet",
             "CONSOLE",
@@ -82,7 +97,40 @@ def test_serve_dicom_listener_answers_echo(tmp_path: Path) -> None:
             "127.0.0.1",
             str(dicom_port),
         )
-        assert proc.returncode == 0, proc.stderr
+        assert known.returncode == 0, known.stderr
+        stranger = run_dcmtk(
+            "echoscu",
+            "-aet",
+            "INTRUDER",
+            "-aec",
+            "SPIDERS",
+            "127.0.0.1",
+            str(dicom_port),
+        )
+        assert stranger.returncode == 1
+        assert "Result: Rejected Permanent, Source: Service User" in stranger.stderr
+        assert "Reason: Calling AE Title Not Recognized" in stranger.stderr
+        # Bytes that are no association request: refused, and the listener lives on.
+        for junk in (b"GET / HTTP/1.1\r\n\r\n", b"\x01\x00" + b"\xff" * 64, b""):
+            with socket.create_connection(("127.0.0.1", dicom_port), timeout=5) as sock:
+                sock.sendall(junk)
+                sock.shutdown(socket.SHUT_WR)
+                sock.settimeout(5)
+                try:
+                    while sock.recv(4096):
+                        pass
+                except (ConnectionResetError, TimeoutError):
+                    pass
+        again = run_dcmtk(
+            "echoscu",
+            "-aet",
+            "CONSOLE",
+            "-aec",
+            "SPIDERS",
+            "127.0.0.1",
+            str(dicom_port),
+        )
+        assert again.returncode == 0, again.stderr
     finally:
         assert server.stop() == 0
 

@@ -15,6 +15,8 @@ from ihe.atna.messages import AuditSource, Participant
 from ihe.atna.outbox import record
 from server.db import Database
 from server.models import AuditRecord
+from tests.audit_samples import PATIENT_ID as C25_PATIENT
+from tests.audit_samples import SAMPLES, STUDY_UID
 
 PATIENT_ID = "A1001^^^&2.999.1.1&ISO"
 
@@ -138,3 +140,38 @@ def test_record_unusable_message_raises_value_error(db: Database, xml: bytes) ->
         with pytest.raises(ValueError):
             record(session, xml)
         assert not session.new
+
+
+def test_record_indexes_time_type_patient_and_identifiers(db: Database) -> None:
+    with db.session() as session:
+        record(session, SAMPLES["110104"](), registration_id="r1", patient_id="p1")
+
+    with db.session() as session:
+        (stored,) = session.scalars(select(AuditRecord)).all()
+        assert stored.event_time == datetime(2025, 3, 21, 13, 30, 2, 417000, tzinfo=UTC)
+        assert (stored.event_type, stored.patient_id) == ("RAD-16", "p1")
+        keys = {(k.kind, k.value) for k in stored.search_keys}
+    assert keys == {
+        ("agent", "PACS_BELLEVAL"),
+        ("agent", "AETITLES=PACS_BELLEVAL"),
+        ("agent", "INTEROP_GW"),
+        ("agent", "AETITLES=INTEROP_GW"),
+        ("entity", STUDY_UID),
+        ("entity", C25_PATIENT),
+    }
+
+
+def test_record_event_time_without_offset_read_as_utc(db: Database) -> None:
+    xml = query_xml().replace(b"+00:00", b"")
+
+    with db.session() as session:
+        row = record(session, xml)
+
+    assert row.event_time == datetime(2024, 3, 5, 14, 30, tzinfo=UTC)
+
+
+def test_record_unparseable_event_time_refused(db: Database) -> None:
+    xml = query_xml().replace(b"2024-03-05T14:30:00.000+00:00", b"yesterday")
+
+    with pytest.raises(ValueError, match="EventDateTime"), db.session() as session:
+        record(session, xml)

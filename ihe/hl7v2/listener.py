@@ -1,0 +1,259 @@
+"""The MLLP listener: TCP (optionally TLS) connections carrying HL7 v2 frames.
+
+Each accepted connection gets its own thread, which reads the stream, cuts it
+into frames (:class:`~ihe.hl7v2.mllp.FrameDecoder`) and hands the frames, one
+at a time and in order, to the frame handler; each answer is written back
+before the next frame of that connection is handled. Connections stay open
+until the peer closes them: senders usually keep one open and stream.
+
+With a TLS context the handshake happens in the connection's thread; a client
+CA in the context makes client certificates mandatory (mutual TLS, as an ATNA
+secure node requires). A failed handshake is logged and the connection
+closed.
+
+Limitations
+-----------
+MLLP carries no identity of its own: without a client CA, any host that
+reaches the port may send messages, which is why the default address is
+loopback. One thread per connection and no cap on connections; an idle
+connection is never closed by the listener. A failed TLS handshake is logged
+but not yet audited as a Security Alert (110113).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from ihe.hl7v2.mllp import FrameDecoder, Oversized, frame
+
+logger = logging.getLogger(__name__)
+
+LOG_STARTED = "MLLP listener started"
+LOG_STOPPED = "MLLP listener stopped"
+LOG_CONNECTED = "MLLP connection opened"
+LOG_DISCONNECTED = "MLLP connection closed"
+LOG_PARTIAL_DROPPED = "partial MLLP frame dropped at close"
+LOG_OUTSIDE_FRAMES = "bytes outside MLLP frames discarded"
+LOG_TLS_FAILED = "TLS handshake failed"
+READ_SIZE = 65536
+BACKLOG = 64
+HANDSHAKE_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What to do with a frame's answer.
+
+    Attributes
+    ----------
+    ack : bytes or None
+        The answer's payload, framed on sending; None to send nothing.
+    after : callable, optional
+        Run once the answer is sent (for example, dispatching the work the
+        message created).
+    """
+
+    ack: bytes | None
+    after: Callable[[], object] | None = None
+
+
+class FrameHandler(Protocol):
+    """What the listener hands frames to; it must always return a reply."""
+
+    def handle(self, payload: bytes, peer: str) -> Reply:
+        """Answer one complete frame."""
+
+    def handle_oversized(self, head: bytes, size: int, peer: str) -> Reply:
+        """Answer a frame longer than the limit, of which only `head` was kept."""
+
+
+class MllpListener:
+    """Accept MLLP connections on `host`:`port` and serve each in a thread.
+
+    Parameters
+    ----------
+    handler : FrameHandler
+        Answers each frame.
+    host, port : str, int
+        Where to listen; port 0 picks a free port (see :attr:`address`).
+    max_frame : int
+        Largest frame payload accepted, in bytes.
+    ssl_context : ssl.SSLContext, optional
+        Server-side TLS context; plain TCP when omitted.
+    """
+
+    def __init__(
+        self,
+        handler: FrameHandler,
+        host: str,
+        port: int,
+        *,
+        max_frame: int,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.handler = handler
+        self.host = host
+        self.port = port
+        self.max_frame = max_frame
+        self.ssl_context = ssl_context
+        self._sock: socket.socket | None = None
+        self._accept_thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._connections: dict[socket.socket, threading.Thread] = {}
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound address; the real port once started."""
+        if self._sock is None:
+            return self.host, self.port
+        host, port = self._sock.getsockname()[:2]
+        return str(host), int(port)
+
+    def start(self) -> None:
+        """Bind, listen and start accepting in a background thread."""
+        sock = socket.create_server((self.host, self.port), backlog=BACKLOG)
+        self._sock = sock
+        self._accept_thread = threading.Thread(
+            target=self._accept_loop, name="mllp-accept", daemon=True
+        )
+        self._accept_thread.start()
+        logger.info(
+            LOG_STARTED,
+            extra={"port": self.address[1], "tls": self.ssl_context is not None},
+        )
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop accepting, close every connection and wait for their threads."""
+        self._stopping.set()
+        if self._sock is not None:
+            _shutdown(self._sock)
+            self._sock.close()
+        if self._accept_thread is not None:
+            self._accept_thread.join(timeout)
+        with self._lock:
+            connections = dict(self._connections)
+        for conn in connections:
+            _shutdown(conn)
+        for thread in connections.values():
+            thread.join(timeout)
+        logger.info(LOG_STOPPED)
+
+    def _accept_loop(self) -> None:
+        assert self._sock is not None
+        while not self._stopping.is_set():
+            try:
+                conn, addr = self._sock.accept()
+            except OSError:
+                if self._stopping.is_set():
+                    return
+                logger.warning("MLLP accept failed; listening on", exc_info=True)
+                continue
+            peer = f"{addr[0]}:{addr[1]}"
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            thread = threading.Thread(
+                target=self._serve, args=(conn, peer), name=f"mllp-{peer}", daemon=True
+            )
+            with self._lock:
+                self._connections[conn] = thread
+            thread.start()
+
+    def _serve(self, conn: socket.socket, peer: str) -> None:
+        stream: socket.socket | None = None
+        try:
+            stream = self._secure(conn, peer)
+            if stream is not None:
+                logger.info(LOG_CONNECTED, extra={"peer": peer})
+                self._read_frames(stream, peer)
+        finally:
+            with self._lock:
+                self._connections.pop(conn, None)
+                if stream is not None:
+                    self._connections.pop(stream, None)
+            if stream is not None:
+                stream.close()
+            conn.close()
+
+    def _secure(self, conn: socket.socket, peer: str) -> socket.socket | None:
+        if self.ssl_context is None:
+            return conn
+        try:
+            conn.settimeout(HANDSHAKE_TIMEOUT)
+            tls = self.ssl_context.wrap_socket(conn, server_side=True)
+            tls.settimeout(None)
+        except (ssl.SSLError, OSError) as exc:
+            logger.warning(
+                LOG_TLS_FAILED, extra={"peer": peer, "reason": type(exc).__name__}
+            )
+            return None
+        with self._lock:
+            thread = self._connections.pop(conn, None)
+            if thread is not None:
+                self._connections[tls] = thread
+        return tls
+
+    def _read_frames(self, stream: socket.socket, peer: str) -> None:
+        decoder = FrameDecoder(self.max_frame)
+        while True:
+            try:
+                data = stream.recv(READ_SIZE)
+            except OSError:
+                break
+            if not data:
+                break
+            for item in decoder.feed(data):
+                if not self._answer(stream, peer, item):
+                    return
+        if decoder.pending:
+            logger.warning(
+                LOG_PARTIAL_DROPPED, extra={"peer": peer, "bytes": decoder.pending}
+            )
+        if decoder.discarded:
+            logger.warning(
+                LOG_OUTSIDE_FRAMES, extra={"peer": peer, "bytes": decoder.discarded}
+            )
+        logger.info(LOG_DISCONNECTED, extra={"peer": peer})
+
+    def _answer(
+        self, stream: socket.socket, peer: str, item: bytes | Oversized
+    ) -> bool:
+        """Handle one frame and send its answer; False when the peer is gone."""
+        try:
+            if isinstance(item, Oversized):
+                reply = self.handler.handle_oversized(item.head, item.size, peer)
+            else:
+                reply = self.handler.handle(item, peer)
+        except Exception as exc:
+            # The handler answers every input itself; this is our own bug. The
+            # traceback may quote message content: DEBUG only.
+            logger.error(
+                "frame handler failed",
+                extra={"peer": peer, "error": type(exc).__name__},
+            )
+            logger.debug("frame handler failed", exc_info=exc)
+            return True
+        if reply.ack is not None:
+            try:
+                stream.sendall(frame(reply.ack))
+            except OSError:
+                logger.warning("peer gone before the answer", extra={"peer": peer})
+                return False
+        if reply.after is not None:
+            try:
+                reply.after()
+            except Exception:
+                logger.exception("work after the answer failed", extra={"peer": peer})
+        return True
+
+
+def _shutdown(sock: socket.socket) -> None:
+    # Already closed by the peer is as good as shut down.
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)

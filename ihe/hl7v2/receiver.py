@@ -1,0 +1,407 @@
+"""The HL7 v2 receiving application: store, check, process, acknowledge.
+
+For every frame, in this order:
+
+1. read MSH from the bytes (:func:`~ihe.hl7v2.er7.read_header`);
+2. look the sender (``MSH-3|MSH-4``) and MSH-10 up in the message store: a
+   message already answered gets the stored acknowledgement again, byte for
+   byte, and is not processed twice;
+3. commit the raw bytes to the store (``hl7_message``), so that nothing is
+   acknowledged before it is durable; if the store is down, answer ``AR``
+   (ERR 207) and keep nothing;
+4. decode and split (:mod:`~ihe.hl7v2.er7`), check MSH-9, MSH-10, MSH-11 and
+   MSH-12, and hand the message to the handler of its type and event, in one
+   transaction that also records the outcome and the acknowledgement;
+5. if anything fails, roll the processing back and record the error and its
+   acknowledgement (``AE``/``AR`` with ERR) in a transaction of its own.
+
+Messages of one sender and MSH-10 are processed one at a time (under one of
+64 locks chosen by that key), so a resend racing its original waits for the
+original's answer.
+
+Routes (HL7 v2.5 and IHE):
+
+=================================  =========================================
+``SIU^S12..S15, S17, S26``         RAD-48 Appointment Notification
+``ORM^O01``, ``OMI^O23``           RAD-4 Procedure Scheduled (order hints)
+``ADT^A01/A04/A05/A08``            ITI-8 Patient Identity Feed
+``ADT^A02/A03/A06/A07/A11-A13``    PAM ITI-31 movements, read for their PID
+``ADT^A28/A31/A40/A47``            ITI-30 Patient Identity Management
+=================================  =========================================
+
+Limitations
+-----------
+Only production messages (MSH-11 ``P``) are processed; ``T`` and ``D`` are
+rejected with ``AR`` 202. An ``ACK`` received is stored and never answered,
+as HL7 forbids acknowledging an acknowledgement. The per-key lock lives in
+this process: one MLLP listener per database. A frame above
+``SPIDERS_MLLP_MAX_FRAME`` is answered ``AR`` and not stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import zlib
+from collections.abc import Callable, Mapping
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from ihe.hl7v2 import ack, er7
+from ihe.hl7v2.application import Context, Handler, Outcome
+from ihe.hl7v2.codes import AckCode, ErrorCode, ProcessingId
+from ihe.hl7v2.listener import MllpListener, Reply
+from ihe.pix import iti8_patient_identity_feed, iti30_patient_identity_management
+from ihe.swf import rad4_procedure_scheduled, rad48_appointment_notification
+from ihe.tls import server_context
+from server.config import Settings
+from server.db import Database
+from server.errors import MessageError, MessageRejected, SpidersError
+from server.models import Hl7Message, Hl7Outcome, utcnow
+
+logger = logging.getLogger(__name__)
+
+LOG_ACKNOWLEDGED = "message acknowledged"
+LOG_DUPLICATE = "duplicate message: previous acknowledgement sent again"
+LOG_REFUSED = "message refused"
+LOG_FAILED = "message processing failed"
+LOG_NOT_STORED = "message not stored: the message store is unavailable"
+LOG_OVERSIZED = "frame above the size limit refused"
+LOG_ACK_RECEIVED = "acknowledgement received and not answered"
+KEY_LOCKS = 64
+
+ROUTES: Mapping[tuple[str, str], Handler] = {
+    **rad48_appointment_notification.HANDLERS,
+    **rad4_procedure_scheduled.HANDLERS,
+    **iti8_patient_identity_feed.HANDLERS,
+    **iti30_patient_identity_management.HANDLERS,
+}
+
+_OUTCOME = {
+    AckCode.APPLICATION_ACCEPT: Hl7Outcome.ACCEPTED,
+    AckCode.APPLICATION_ERROR: Hl7Outcome.ERROR,
+    AckCode.APPLICATION_REJECT: Hl7Outcome.REJECTED,
+    AckCode.COMMIT_ACCEPT: Hl7Outcome.ACCEPTED,
+    AckCode.COMMIT_ERROR: Hl7Outcome.ERROR,
+    AckCode.COMMIT_REJECT: Hl7Outcome.REJECTED,
+}
+
+
+def make_listener(
+    settings: Settings,
+    db: Database,
+    on_committed: Callable[[], object] | None = None,
+) -> MllpListener:
+    """The MLLP listener of ``SPIDERS_MLLP_*`` over a :class:`Receiver`, not started.
+
+    TLS is on when ``SPIDERS_MLLP_TLS_CERT`` and ``_KEY`` are set; client
+    certificates are then required when ``SPIDERS_MLLP_TLS_CLIENT_CA`` is.
+    """
+    tls = None
+    if settings.mllp_tls_cert is not None and settings.mllp_tls_key is not None:
+        tls = server_context(
+            settings.mllp_tls_cert, settings.mllp_tls_key, settings.mllp_tls_client_ca
+        )
+    return MllpListener(
+        Receiver(db, settings, on_committed=on_committed),
+        settings.mllp_host,
+        settings.mllp_port,
+        max_frame=settings.mllp_max_frame,
+        ssl_context=tls,
+    )
+
+
+class Receiver:
+    """The frame handler of the MLLP listener.
+
+    Parameters
+    ----------
+    db : Database
+        Where messages are stored and processed.
+    settings : Settings
+        ``hl7_default_charset`` and what handlers need.
+    routes : mapping, optional
+        ``(MSH-9.1, MSH-9.2)`` → handler; :data:`ROUTES` by default.
+    on_committed : callable, optional
+        Run after the ACK of a message whose handler left work for the task
+        queue (``server.tasks.dispatch_due`` in ``spiders serve``).
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        routes: Mapping[tuple[str, str], Handler] | None = None,
+        on_committed: Callable[[], object] | None = None,
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.routes = dict(ROUTES if routes is None else routes)
+        self.types = {message_type for message_type, _ in self.routes}
+        self.on_committed = on_committed
+        self._locks = [threading.Lock() for _ in range(KEY_LOCKS)]
+
+    def handle(self, payload: bytes, peer: str) -> Reply:
+        """Store, process and answer one frame; never raises."""
+        try:
+            msh: er7.Segment | None = er7.read_header(payload)
+        except MessageError:
+            msh = None
+        try:
+            return self._handle(payload, msh, peer)
+        except Exception as exc:
+            # Our own failure outside processing: answer, keep the connection.
+            _log_failure(exc, {"peer": peer})
+            detail = ack.ErrorDetail(
+                ErrorCode.APPLICATION_INTERNAL_ERROR,
+                message="the message could not be handled; send it again later",
+            )
+            return Reply(self._answer(msh, AckCode.APPLICATION_REJECT, [detail], None))
+
+    def _handle(self, payload: bytes, msh: er7.Segment | None, peer: str) -> Reply:
+        sender = f"{msh.raw(3)}|{msh.raw(4)}" if msh is not None else "|"
+        control_id = (msh.value(10).strip() or None) if msh is not None else None
+        lock = self._locks[zlib.crc32(f"{sender}\x00{control_id}".encode()) % KEY_LOCKS]
+        with lock:
+            try:
+                row_id, previous = self._store(payload, msh, sender, control_id, peer)
+            except SQLAlchemyError:
+                logger.error(LOG_NOT_STORED, extra={"control_id": control_id})
+                code, detail = (
+                    AckCode.APPLICATION_REJECT,
+                    ack.ErrorDetail(
+                        ErrorCode.APPLICATION_INTERNAL_ERROR,
+                        message="the message could not be stored; send it again later",
+                    ),
+                )
+                return Reply(self._answer(msh, code, [detail], None))
+            if previous is not None:
+                logger.info(LOG_DUPLICATE, extra={"control_id": control_id})
+                return Reply(previous.ack)
+            return self._process(row_id, payload, msh, sender, peer)
+
+    def handle_oversized(self, head: bytes, size: int, peer: str) -> Reply:
+        """Answer ``AR`` to a frame above the limit; nothing is stored."""
+        try:
+            msh: er7.Segment | None = er7.read_header(head)
+        except MessageError:
+            msh = None
+        logger.warning(
+            LOG_OVERSIZED,
+            extra={"peer": peer, "bytes": size, "limit": self.settings.mllp_max_frame},
+        )
+        detail = ack.ErrorDetail(
+            ErrorCode.APPLICATION_INTERNAL_ERROR,
+            message=f"message of {size} bytes above the limit of "
+            f"{self.settings.mllp_max_frame} bytes",
+        )
+        return Reply(self._answer(msh, AckCode.APPLICATION_REJECT, [detail], None))
+
+    def _store(
+        self,
+        payload: bytes,
+        msh: er7.Segment | None,
+        sender: str,
+        control_id: str | None,
+        peer: str,
+    ) -> tuple[int, Hl7Message | None]:
+        """The stored row's id, and the row when it was already answered."""
+        with self.db.session() as session:
+            existing = _find(session, sender, control_id)
+            if existing is not None:
+                done = existing.outcome != Hl7Outcome.RECEIVED
+                return existing.id, existing if done else None
+            row = Hl7Message(
+                sender=sender,
+                control_id=control_id,
+                message_type=_type_of(msh),
+                peer=peer,
+                raw=payload,
+            )
+            session.add(row)
+            try:
+                session.flush()
+            except IntegrityError:
+                # Stored meanwhile by another process sharing the database.
+                session.rollback()
+                again = _find(session, sender, control_id)
+                assert again is not None
+                done = again.outcome != Hl7Outcome.RECEIVED
+                return again.id, again if done else None
+            return row.id, None
+
+    def _process(
+        self,
+        row_id: int,
+        payload: bytes,
+        msh: er7.Segment | None,
+        sender: str,
+        peer: str,
+    ) -> Reply:
+        version: str | None = None
+        try:
+            msg = er7.parse_bytes(payload, self.settings.hl7_default_charset)
+            msh = msg.msh
+            version = msg.version
+            handler = self._route(msg)
+            if handler is None:
+                return self._record_unanswered(row_id, msg)
+            context = Context(self.settings, sender, peer.rsplit(":", 1)[0])
+            with self.db.session() as session:
+                outcome = handler(session, msg, context)
+                answer = self._answer(msh, AckCode.APPLICATION_ACCEPT, [], version)
+                sent = _sent(msh, AckCode.APPLICATION_ACCEPT)
+                _record(session, row_id, sent, answer, outcome)
+        except Exception as exc:
+            return self._refuse(row_id, msh, version, exc)
+        logger.info(
+            LOG_ACKNOWLEDGED,
+            extra={
+                "control_id": msg.control_id,
+                "type": f"{msg.message_type}^{msg.event}",
+                "ack": AckCode.APPLICATION_ACCEPT.value,
+            },
+        )
+        after = self.on_committed if outcome.dispatch else None
+        return Reply(answer, after)
+
+    def _route(self, msg: er7.Message) -> Handler | None:
+        """The handler for `msg`; None for an ACK, which is not answered.
+
+        Raises
+        ------
+        MessageError
+            MSH-9 or MSH-10 missing (ERR-3 101).
+        MessageRejected
+            Unsupported processing id, type or event (202, 200, 201).
+        """
+        msh = msg.msh
+        if not msg.message_type:
+            raise MessageError(
+                "MSH-9 is empty", ErrorCode.REQUIRED_FIELD_MISSING, _at(9)
+            )
+        if msg.message_type == ack.ACK:
+            return None
+        if not msg.control_id.strip():
+            raise MessageError(
+                "MSH-10 is empty", ErrorCode.REQUIRED_FIELD_MISSING, _at(10)
+            )
+        if msh.value(11).strip().upper() != ProcessingId.PRODUCTION:
+            raise MessageRejected(
+                f"processing id {msh.value(11)!r} (MSH-11) is not accepted; only P",
+                ErrorCode.UNSUPPORTED_PROCESSING_ID,
+                _at(11),
+            )
+        if msg.message_type not in self.types:
+            raise MessageRejected(
+                f"message type {msg.message_type!r} is not supported",
+                ErrorCode.UNSUPPORTED_MESSAGE_TYPE,
+                (*_at(9), 1, 1),
+            )
+        handler = self.routes.get((msg.message_type, msg.event))
+        if handler is None:
+            raise MessageRejected(
+                f"event {msg.event!r} of {msg.message_type} is not supported",
+                ErrorCode.UNSUPPORTED_EVENT_CODE,
+                (*_at(9), 1, 2),
+            )
+        return handler
+
+    def _refuse(
+        self, row_id: int, msh: er7.Segment | None, version: str | None, exc: Exception
+    ) -> Reply:
+        code, detail = ack.for_exception(exc)
+        control_id = msh.value(10) if msh is not None else None
+        if isinstance(exc, SpidersError):
+            logger.warning(
+                LOG_REFUSED,
+                extra={
+                    "control_id": control_id,
+                    "ack": code.value,
+                    "error": int(detail.code),
+                    "location": "^".join(str(p) for p in detail.location),
+                },
+            )
+        else:
+            _log_failure(exc, {"control_id": control_id})
+        answer = self._answer(msh, code, [detail], version)
+        text = f"{int(detail.code)} {detail.code.text}: {detail.message}"
+        try:
+            with self.db.session() as session:
+                _record(session, row_id, _sent(msh, code), answer, Outcome(text))
+        except SQLAlchemyError:
+            logger.error(LOG_NOT_STORED, extra={"control_id": control_id})
+        return Reply(answer)
+
+    def _record_unanswered(self, row_id: int, msg: er7.Message) -> Reply:
+        logger.warning(LOG_ACK_RECEIVED, extra={"control_id": msg.control_id})
+        with self.db.session() as session:
+            row = session.get(Hl7Message, row_id)
+            assert row is not None
+            row.outcome = Hl7Outcome.ACCEPTED
+            row.detail = "acknowledgement received; not answered"
+            row.processed_at = utcnow()
+        return Reply(None)
+
+    def _answer(
+        self,
+        msh: er7.Segment | None,
+        code: AckCode,
+        errors: list[ack.ErrorDetail],
+        version: str | None,
+    ) -> bytes | None:
+        if msh is not None and not ack.wanted(msh, code):
+            return None
+        return ack.build(msh, code, errors, version=version)
+
+
+def _log_failure(exc: BaseException, fields: dict[str, object]) -> None:
+    """Log our own failure: its kind at ERROR, its traceback at DEBUG.
+
+    The traceback may quote message content, that is patient data.
+    """
+    logger.error(LOG_FAILED, extra={**fields, "error": type(exc).__name__})
+    logger.debug(LOG_FAILED, exc_info=exc)
+
+
+def _find(session: Session, sender: str, control_id: str | None) -> Hl7Message | None:
+    if control_id is None:
+        return None
+    return session.scalar(
+        select(Hl7Message).where(
+            Hl7Message.sender == sender, Hl7Message.control_id == control_id
+        )
+    )
+
+
+def _record(
+    session: Session, row_id: int, code: AckCode, answer: bytes | None, outcome: Outcome
+) -> None:
+    session.execute(
+        update(Hl7Message)
+        .where(Hl7Message.id == row_id)
+        .values(
+            outcome=_OUTCOME[code],
+            ack_code=code.value,
+            ack=answer,
+            detail=outcome.detail,
+            processed_at=utcnow(),
+        )
+    )
+
+
+def _sent(msh: er7.Segment | None, code: AckCode) -> AckCode:
+    """The code as written: its commit form in enhanced mode."""
+    return code.commit if msh is not None and ack.enhanced(msh) else code
+
+
+def _type_of(msh: er7.Segment | None) -> str:
+    if msh is None:
+        return ""
+    return f"{msh.value(9, 1, 1)}^{msh.value(9, 1, 2)}".strip("^")[:32]
+
+
+def _at(field: int) -> tuple[str | int, ...]:
+    return (er7.MSH, 1, field)

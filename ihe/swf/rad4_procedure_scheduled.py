@@ -1,0 +1,94 @@
+"""RAD-4 Procedure Scheduled (HL7 v2 ORM^O01, OMI^O23), receiving side.
+
+IHE RAD TF-2 section 4.4: the department system scheduler announces the
+imaging procedures it scheduled, with their accession number and Study
+Instance UID (ZDS-1 in ORM^O01 v2.3.1, IPC-3 in OMI^O23 v2.5.1). For a tumour
+board these are hints that let discovery target the study: they are attached
+to every active registration of the order's patient (``hints`` of the
+registration: ``accessionNumbers`` and ``studyInstanceUIDs``); a cancelled or
+discontinued order (ORC-1 ``CA``, ``DC``...) withdraws them.
+
+Orders arrive for every patient of a department, most of whom no tumour board
+will see: an order for a patient unknown to the index, or with no active
+registration, is acknowledged ``AA`` and kept in the message store, and
+changes nothing.
+
+Limitations
+-----------
+Hints are attached only to registrations that exist when the order arrives;
+a later registration does not look back at stored orders. Discovery records
+the hints but does not yet narrow its queries with them.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ihe.hl7v2.application import Context, Handler, Outcome
+from ihe.hl7v2.codes import ErrorCode
+from ihe.hl7v2.er7 import Message
+from ihe.pix import patient_index
+from mappings import hl7_order, hl7_pid
+from mappings.fhir_appointment import ACTIVE_STATUS
+from server.errors import IdentityError, MessageError
+from server.models import Registration
+
+logger = logging.getLogger(__name__)
+
+ACCESSION_HINTS = "accessionNumbers"
+STUDY_HINTS = "studyInstanceUIDs"
+
+
+def handle_order(session: Session, msg: Message, ctx: Context) -> Outcome:
+    """Attach (or withdraw) an order's hints to its patient's registrations.
+
+    Raises
+    ------
+    MessageError
+        The PID or an order cannot be mapped, or PID-3 names two patients
+        (ERR-3 205).
+    """
+    pid = hl7_pid.read_pid(msg)
+    orders = hl7_order.read_orders(msg)
+    try:
+        patient = patient_index.resolve(session, pid.record.identifiers)
+    except IdentityError as exc:
+        raise MessageError(
+            str(exc), ErrorCode.DUPLICATE_KEY_IDENTIFIER, ("PID", 1, 3)
+        ) from exc
+    if patient is None:
+        return Outcome("order for a patient not in the index; nothing attached")
+    active = session.scalars(
+        select(Registration).where(
+            Registration.patient_id == patient.id,
+            Registration.status.in_(ACTIVE_STATUS),
+        )
+    ).all()
+    for registration in active:
+        hints = {key: list(values) for key, values in registration.hints.items()}
+        for order in orders:
+            _apply(hints, ACCESSION_HINTS, order.accession_number, order.withdrawn)
+            _apply(hints, STUDY_HINTS, order.study_uid, order.withdrawn)
+        # A new dict, so that the JSON column sees the change.
+        registration.hints = hints
+    ids = ", ".join(r.id for r in active) or "none"
+    return Outcome(f"{len(orders)} order(s); registrations updated: {ids}")
+
+
+def _apply(hints: dict[str, list[str]], key: str, value: str, withdrawn: bool) -> None:
+    if not value:
+        return
+    values = hints.setdefault(key, [])
+    if withdrawn and value in values:
+        values.remove(value)
+    elif not withdrawn and value not in values:
+        values.append(value)
+
+
+HANDLERS: dict[tuple[str, str], Handler] = {
+    ("ORM", "O01"): handle_order,
+    ("OMI", "O23"): handle_order,
+}
