@@ -101,7 +101,7 @@ def worker(concurrency: int | None) -> None:
             "--concurrency",
             str(concurrency or rt.settings.worker_concurrency),
             "--loglevel",
-            "WARNING",
+            rt.settings.log_level,
             "--without-gossip",
             "--without-mingle",
             "--without-heartbeat",

@@ -16,8 +16,10 @@ from typing import Any, TypeVar, cast
 
 from flask import current_app, g, request
 
+from ihe.atna.codes import EventTypeCode
 from ihe.iua.roles import Role
 from ihe.iua.tokens import Principal, TokenError
+from server import audit
 from server.errors import Forbidden, Unauthorized
 from server.runtime import Runtime
 
@@ -47,6 +49,7 @@ def authenticate(roles: tuple[Role, ...]) -> Principal:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
+        _audit_refused(rt, None, "no bearer token")
         raise Unauthorized("a bearer token is required")
     try:
         principal = rt.token_verifier.verify(token.strip())
@@ -54,15 +57,42 @@ def authenticate(roles: tuple[Role, ...]) -> Principal:
         logger.warning(
             "token refused", extra={"reason": str(exc), "path": request.path}
         )
+        _audit_refused(rt, None, str(exc))
         raise Unauthorized(f"invalid token: {exc}") from exc
     if not principal.has_any(roles):
         logger.warning(
             "role refused", extra={"path": request.path, "subject": principal.subject}
         )
+        _audit_refused(rt, principal.subject, "the token lacks the endpoint's roles")
         raise Forbidden(
             "this endpoint needs one of the roles: " + ", ".join(sorted(roles))
         )
     return principal
+
+
+def _audit_refused(rt: Runtime, subject: str | None, reason: str) -> None:
+    """Security Alert (110113) for a refused request; never fails the answer.
+
+    Without a valid token the event type is Node Authentication (110126); a
+    valid token without the role is Use of Restricted Function (110132).
+    """
+    alert = (
+        EventTypeCode.NODE_AUTHENTICATION
+        if subject is None
+        else EventTypeCode.USE_OF_RESTRICTED_FUNCTION
+    )
+    try:
+        with rt.db.session() as session:
+            audit.security_alert(
+                session,
+                rt.settings,
+                alert_type=alert,
+                subject=f"{request.method} {request.path}",
+                description=f"HTTP request refused: {reason}",
+                peer=audit.http_client(subject, request.remote_addr),
+            )
+    except Exception:
+        logger.exception("security alert not recorded")
 
 
 def caller() -> str:

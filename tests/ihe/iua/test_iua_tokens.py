@@ -290,3 +290,38 @@ def test_dev_tokens_refused_when_an_idp_is_configured(
     from tests.conftest import token_for
 
     assert_refused(call(idp_client, token_for(rt, "coordinator")))
+
+
+def test_refused_requests_are_audited_as_security_alerts(
+    anonymous: FlaskClient, rt: Runtime
+) -> None:
+    from sqlalchemy import select
+
+    from server.models import AuditRecord
+    from tests.audit_schema import assert_valid_audit
+    from tests.conftest import auth_headers
+
+    assert anonymous.get("/api/registrations").status_code == 401
+    assert (
+        anonymous.get(
+            "/api/registrations", headers={"Authorization": "Bearer x.y.z"}
+        ).status_code
+        == 401
+    )
+    assert (
+        anonymous.get(
+            "/api/registrations", headers=auth_headers(rt, "security-officer")
+        ).status_code
+        == 403
+    )
+    with rt.db.session() as session:
+        rows = session.scalars(select(AuditRecord).order_by(AuditRecord.id)).all()
+        alerts = [r for r in rows if r.event_id == "110113"]
+        assert len(alerts) == 3
+        for record in alerts:
+            assert_valid_audit(record.xml.encode())
+            assert "GET /api/registrations" in record.xml
+        assert 'csd-code="110126"' in alerts[0].xml
+        assert 'csd-code="110126"' in alerts[1].xml
+        assert 'csd-code="110132"' in alerts[2].xml
+        assert "x.y.z" not in "".join(r.xml for r in rows)
