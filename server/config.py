@@ -29,6 +29,7 @@ are checked when the sender starts, not here.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
@@ -287,6 +288,18 @@ def _audit_settings(env: dict[str, str]) -> dict[str, Any]:
     }
 
 
+TRUE_WORDS = frozenset({"1", "true", "yes"})
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _mllp_settings(env: dict[str, str]) -> dict[str, Any]:
     """The HL7 v2 listener (``SPIDERS_MLLP_*``, ``SPIDERS_HL7_DEFAULT_CHARSET``)."""
 
@@ -320,8 +333,19 @@ def _mllp_settings(env: dict[str, str]) -> dict[str, Any]:
         raise ConfigurationError(
             f"SPIDERS_MLLP_MAX_FRAME must be at least {MIN_MLLP_MAX_FRAME} bytes"
         )
+    host = opt("MLLP_HOST") or "127.0.0.1"
+    insecure = (opt("MLLP_ALLOW_UNAUTHENTICATED") or "false").lower() in TRUE_WORDS
+    if not _is_loopback(host) and client_ca is None and not insecure:
+        # MLLP carries no identity: off loopback, only client certificates say
+        # who may feed the patient index and register cases.
+        raise ConfigurationError(
+            f"SPIDERS_MLLP_HOST {host} is reachable from other machines: set "
+            "SPIDERS_MLLP_TLS_CERT, SPIDERS_MLLP_TLS_KEY and "
+            "SPIDERS_MLLP_TLS_CLIENT_CA (mutual TLS), or "
+            "SPIDERS_MLLP_ALLOW_UNAUTHENTICATED=true on a closed network"
+        )
     return {
-        "mllp_host": opt("MLLP_HOST") or "127.0.0.1",
+        "mllp_host": host,
         "mllp_port": _int(opt("MLLP_PORT") or 2575, "SPIDERS_MLLP_PORT"),
         "mllp_max_frame": max_frame,
         "mllp_tls_cert": cert,

@@ -70,7 +70,8 @@ def findscu_values(proc: subprocess.CompletedProcess[str], tag: str) -> list[str
     """Values of `tag` (``(0020,000d)``) in findscu's printed responses."""
     pattern = re.compile(re.escape(tag.lower()) + r" \w\w \[([^\]]*)\]")
     found = pattern.findall(proc.stderr.lower() + proc.stdout.lower())
-    return [value.strip() for value in found]
+    # UI values are padded to even length with NUL (PS3.5 6.2).
+    return [value.strip(" \x00") for value in found]
 
 
 def _engine(data_dir: Path) -> Any:

@@ -89,7 +89,8 @@ def find_responses(stderr: str) -> list[dict[str, str]]:
         match = DUMP_ELEMENT.search(line)
         if match and responses:
             group, element, value = match.groups()
-            responses[-1][f"{group},{element}"] = value.strip()
+            # UI values are padded to even length with NUL (PS3.5 6.2).
+            responses[-1][f"{group},{element}"] = value.strip(" \x00")
 
     return responses
 

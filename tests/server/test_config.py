@@ -135,3 +135,21 @@ def test_load_settings_bad_port_refused() -> None:
 def test_directory_unknown_site_refused() -> None:
     with pytest.raises(ConfigurationError, match="no site named 'x'"):
         load_settings({}).directory.site("x")
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "10.1.2.3", "mllp.chu.example"])
+def test_mllp_off_loopback_without_client_certificates_refused(host: str) -> None:
+    with pytest.raises(ConfigurationError, match="SPIDERS_MLLP_TLS_CLIENT_CA"):
+        load_settings({"SPIDERS_MLLP_HOST": host})
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "localhost"])
+def test_mllp_on_loopback_needs_no_certificate(host: str) -> None:
+    assert load_settings({"SPIDERS_MLLP_HOST": host}).mllp_host == host
+
+
+def test_mllp_off_loopback_allowed_when_operator_says_so() -> None:
+    settings = load_settings(
+        {"SPIDERS_MLLP_HOST": "0.0.0.0", "SPIDERS_MLLP_ALLOW_UNAUTHENTICATED": "true"}
+    )
+    assert settings.mllp_host == "0.0.0.0"
