@@ -20,9 +20,11 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,9 +33,10 @@ from cheroot.ssl.builtin import BuiltinSSLAdapter
 from pynetdicom import StoragePresentationContexts
 from pynetdicom.transport import ThreadedAssociationServer
 
+from ihe.atna.codes import EventTypeCode
 from ihe.atna.delivery import OutboxSender
 from ihe.dicom.acceptance import CallerPolicy
-from ihe.dicom.ae import add_storage_scp_contexts, make_ae
+from ihe.dicom.ae import TLS_FAILURE_CALLBACK, add_storage_scp_contexts, make_ae
 from ihe.dicom.qr_scp import QueryRetrieveSCP
 from ihe.dicom.sop_classes import (
     PatientRootQueryRetrieveInformationModelFind,
@@ -112,6 +115,7 @@ def start_dicom(rt: Runtime) -> ThreadedAssociationServer:
         evt_handlers=[*policy.handlers, *storage.handlers, *qr.handlers],
     )
     assert server is not None
+    setattr(server, TLS_FAILURE_CALLBACK, audit_tls_failure(rt, "dicom"))
     logger.info(
         "DICOM listener started",
         extra={
@@ -142,9 +146,52 @@ def caller_policy(rt: Runtime) -> CallerPolicy:
 
 def start_mllp(rt: Runtime) -> MllpListener:
     """Start the HL7 v2 listener: scheduling, orders and patient feeds over MLLP."""
-    listener = make_listener(rt.settings, rt.db, on_committed=tasks.dispatch_due)
+    listener = make_listener(
+        rt.settings,
+        rt.db,
+        on_committed=tasks.dispatch_due,
+        on_tls_failure=audit_tls_failure(rt, "mllp"),
+    )
     listener.start()
     return listener
+
+
+def audit_tls_failure(rt: Runtime, link: str) -> Callable[[str, str], None]:
+    """A callback recording a failed TLS handshake on `link` (110113)."""
+
+    def write(peer: str, reason: str) -> None:
+        with rt.db.session() as session:
+            audit.security_alert(
+                session,
+                rt.settings,
+                alert_type=EventTypeCode.NODE_AUTHENTICATION,
+                subject=f"{link}://{peer}",
+                description=f"TLS handshake failed: {reason}",
+            )
+
+    return write
+
+
+class AuditedSSLAdapter(BuiltinSSLAdapter):
+    """cheroot's TLS adapter, reporting failed handshakes."""
+
+    on_failure: Callable[[str, str], None] | None = None
+
+    def wrap(self, sock: socket.socket) -> Any:
+        try:
+            peer = "{}:{}".format(*sock.getpeername()[:2])
+        except OSError:
+            peer = "unknown"
+        try:
+            # cheroot ships no type hints.
+            return super().wrap(sock)  # type: ignore[no-untyped-call]
+        except Exception as exc:
+            if self.on_failure is not None:
+                try:
+                    self.on_failure(peer, type(exc).__name__)
+                except Exception:
+                    logger.exception("reporting a failed TLS handshake failed")
+            raise
 
 
 def start_worker(rt: Runtime) -> subprocess.Popen[bytes]:
@@ -208,9 +255,11 @@ def start_http(rt: Runtime) -> wsgi.Server:
         server_name="spiders",
     )
     if settings.http_tls_cert and settings.http_tls_key:
-        server.ssl_adapter = BuiltinSSLAdapter(
+        adapter = AuditedSSLAdapter(
             str(settings.http_tls_cert), str(settings.http_tls_key)
         )
+        adapter.on_failure = audit_tls_failure(rt, "https")
+        server.ssl_adapter = adapter
     server.prepare()
     threading.Thread(target=server.serve, name="http", daemon=True).start()
     logger.info(

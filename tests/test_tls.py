@@ -9,12 +9,15 @@ certificate.
 
 from __future__ import annotations
 
+import base64
 import ssl
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import yaml
@@ -38,6 +41,7 @@ class TlsRegion:
     http_port: int
     studies: list[GeneratedStudy]
     final: dict[str, object]
+    data_dir: Path
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +115,9 @@ def region(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsRegion]:
         server.wait_ready()
         cases = demo.register_cases(server, datetime.now(UTC) + timedelta(hours=2))
         final = demo.follow(server, {who.key: cases[who.key]}, None, timeout=120)
-        yield TlsRegion(ca, console, server, dicom_port, http_port, made, final)
+        yield TlsRegion(
+            ca, console, server, dicom_port, http_port, made, final, tmp / "data"
+        )
     finally:
         server.stop()
         site.stop()
@@ -190,3 +196,44 @@ def test_tls_dicom_client_without_certificate_refused(region: TlsRegion) -> None
         timeout=30,
     )
     assert plain.returncode != 0
+
+
+@pytest.mark.peer
+def test_tls_failed_handshakes_audited_as_security_alerts(region: TlsRegion) -> None:
+    from tests.flow_support import audit_rows
+
+    run_dcmtk(
+        "echoscu",
+        "+tla",
+        "+cf",
+        str(region.ca.pem),
+        "-aet",
+        "CONSOLE",
+        "-aec",
+        "SPIDERS",
+        "127.0.0.1",
+        str(region.dicom_port),
+    )
+    with pytest.raises(OSError):
+        urllib.request.urlopen(
+            f"http://127.0.0.1:{region.http_port}/healthz", timeout=5
+        )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        detail = base64.b64encode(b"TLS handshake failed").decode()[:24]
+        alerts = [
+            xml
+            for event, _, xml in audit_rows(region.data_dir)
+            if event == "110113" and detail in xml
+        ]
+        links = {
+            link
+            for link in ("dicom://", "https://")
+            if any(link in xml for xml in alerts)
+        }
+        if links == {"dicom://", "https://"}:
+            break
+        time.sleep(0.2)
+    assert links == {"dicom://", "https://"}
+    for xml in alerts:
+        assert 'csd-code="110126"' in xml

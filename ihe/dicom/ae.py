@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import re
 import socket
+import ssl
 from typing import Any
 
 from pynetdicom import (
@@ -108,6 +109,9 @@ def set_nodelay(sock: socket.socket) -> None:
 
 
 _nodelay_enabled = False
+# Attribute of an association server holding a callable(peer, reason) told of
+# each failed TLS handshake.
+TLS_FAILURE_CALLBACK = "spiders_on_tls_failure"
 
 
 def enable_tcp_nodelay() -> None:
@@ -115,14 +119,25 @@ def enable_tcp_nodelay() -> None:
     global _nodelay_enabled
     if _nodelay_enabled:
         return
-    accept = AssociationServer.get_request
     create = AssociationSocket._create_socket
 
     def get_request(
         self: AssociationServer,
     ) -> tuple[socket.socket, tuple[str, int]]:
-        client, address = accept(self)
+        # pynetdicom's own steps (accept, then TLS), with TCP_NODELAY set and
+        # a failed handshake reported before the error reaches socketserver.
+        assert self.socket is not None
+        client, address = self.socket.accept()
         set_nodelay(client)
+        if self.ssl_context:
+            try:
+                client = self.ssl_context.wrap_socket(client, server_side=True)
+            except (ssl.SSLError, OSError) as exc:
+                client.close()
+                report = getattr(self, TLS_FAILURE_CALLBACK, None)
+                if report is not None:
+                    report(f"{address[0]}:{address[1]}", type(exc).__name__)
+                raise
         return client, address
 
     def create_socket(

@@ -87,6 +87,8 @@ class MllpListener:
         Largest frame payload accepted, in bytes.
     ssl_context : ssl.SSLContext, optional
         Server-side TLS context; plain TCP when omitted.
+    on_tls_failure : callable, optional
+        Told ``(peer, reason)`` of each failed TLS handshake, for auditing.
     """
 
     def __init__(
@@ -97,8 +99,10 @@ class MllpListener:
         *,
         max_frame: int,
         ssl_context: ssl.SSLContext | None = None,
+        on_tls_failure: Callable[[str, str], None] | None = None,
     ) -> None:
         self.handler = handler
+        self.on_tls_failure = on_tls_failure
         self.host = host
         self.port = port
         self.max_frame = max_frame
@@ -192,6 +196,11 @@ class MllpListener:
             logger.warning(
                 LOG_TLS_FAILED, extra={"peer": peer, "reason": type(exc).__name__}
             )
+            if self.on_tls_failure is not None:
+                try:
+                    self.on_tls_failure(peer, type(exc).__name__)
+                except Exception:
+                    logger.exception("reporting a failed TLS handshake failed")
             return None
         with self._lock:
             thread = self._connections.pop(conn, None)

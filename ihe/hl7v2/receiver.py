@@ -93,6 +93,7 @@ def make_listener(
     settings: Settings,
     db: Database,
     on_committed: Callable[[], object] | None = None,
+    on_tls_failure: Callable[[str, str], None] | None = None,
 ) -> MllpListener:
     """The MLLP listener of ``SPIDERS_MLLP_*`` over a :class:`Receiver`, not started.
 
@@ -110,6 +111,7 @@ def make_listener(
         settings.mllp_port,
         max_frame=settings.mllp_max_frame,
         ssl_context=tls,
+        on_tls_failure=on_tls_failure,
     )
 
 
