@@ -49,6 +49,8 @@ PARTICIPATION_STATUS = frozenset({"accepted", "declined", "tentative", "needs-ac
 # Statuses for which the board should have the images: these start discovery.
 ACTIVE_STATUS = frozenset({"booked", "arrived", "checked-in", "pending"})
 DICOM_UID_SYSTEM = "urn:dicom:uid"
+MAX_REFERENCE = 256  # widths of the registration's columns
+MAX_KEY = 128
 
 
 @dataclass(frozen=True)
@@ -94,16 +96,32 @@ def parse_appointment(data: Any) -> RegistrationRequest:
             "the Appointment does not conform to FHIR R4",
             issues_from_validation(exc, "Appointment"),
         ) from exc
-    issues = _invariant_issues(appt)
+    issues = _instant_issues(appt) or _invariant_issues(appt)
     patient, location, location_display, more = _participants(appt)
     issues += more
+    if location is not None and len(location) > MAX_REFERENCE:
+        issues.append(
+            (
+                "Appointment.participant.actor.reference",
+                f"a Location reference is at most {MAX_REFERENCE} characters",
+            )
+        )
+    if appt.identifier and len(appt.identifier[0].value or "") > MAX_KEY:
+        issues.append(
+            (
+                "Appointment.identifier[0].value",
+                f"the identifier is at most {MAX_KEY} characters",
+            )
+        )
     if issues:
         raise InvalidResource("the Appointment breaks FHIR R4 rules", issues)
     assert patient is not None  # _participants reports a missing patient
     ident = None
-    if appt.identifier and appt.identifier[0].value:
+    if appt.identifier and (appt.identifier[0].value or "").strip():
         first = appt.identifier[0]
-        ident = Identifier(system_to_authority(first.system or ""), first.value or "")
+        ident = Identifier(
+            system_to_authority(first.system or ""), (first.value or "").strip()
+        )
     return RegistrationRequest(
         status=str(appt.status),
         start=appt.start,
@@ -114,6 +132,29 @@ def parse_appointment(data: Any) -> RegistrationRequest:
         identifier=ident,
         study_uids=_study_hints(appt),
     )
+
+
+# Meetings outside these years are typing errors, and near the ends of the
+# calendar a time-zone conversion overflows.
+EARLIEST_YEAR, LATEST_YEAR = 1900, 2200
+
+
+def _instant_issues(appt: Appointment) -> list[tuple[str | None, str]]:
+    issues: list[tuple[str | None, str]] = []
+    for name in ("start", "end"):
+        value = getattr(appt, name)
+        if value is None:
+            continue
+        if not isinstance(value, datetime) or value.tzinfo is None:
+            issues.append((f"Appointment.{name}", "not a valid instant"))
+        elif not EARLIEST_YEAR <= value.year <= LATEST_YEAR:
+            issues.append(
+                (
+                    f"Appointment.{name}",
+                    f"year {value.year} outside {EARLIEST_YEAR}-{LATEST_YEAR}",
+                )
+            )
+    return issues
 
 
 def _invariant_issues(appt: Appointment) -> list[tuple[str | None, str]]:

@@ -26,6 +26,8 @@ from mappings.identifiers import Identifier, system_to_authority, to_cx
 from mappings.names import to_dicom_pn
 from server.errors import InvalidResource
 
+MAX_IDENTIFIER = 128  # the index's column width; HL7 CX.1 allows less
+
 # FHIR administrative gender → HL7 table 0001 and DICOM (0010,0040).
 GENDER_TO_SEX = {"male": "M", "female": "F", "other": "O", "unknown": "U"}
 SEX_TO_GENDER = {"M": "male", "F": "female", "O": "other", "U": "unknown"}
@@ -137,17 +139,30 @@ def _set_issuer(ds: Dataset, ident: Identifier) -> None:
 def _identifiers(patient: FhirPatient) -> tuple[Identifier, ...]:
     found: list[Identifier] = []
     for index, ident in enumerate(patient.identifier or []):
-        if not ident.system or not ident.value:
+        if not (ident.system or "").strip() or not (ident.value or "").strip():
             raise InvalidResource(
                 "every Patient identifier needs a system and a value",
                 [(f"Patient.identifier[{index}]", "system and value are required")],
+            )
+        if len(ident.value or "") > MAX_IDENTIFIER or len(ident.system or "") > 128:
+            raise InvalidResource(
+                "an identifier is longer than SPIDERS keeps",
+                [
+                    (
+                        f"Patient.identifier[{index}]",
+                        f"value at most {MAX_IDENTIFIER} characters, "
+                        "system at most 128",
+                    )
+                ],
             )
         type_code = None
         if ident.type and ident.type.coding:
             type_code = ident.type.coding[0].code
         found.append(
             Identifier(
-                system_to_authority(ident.system), ident.value.strip(), type_code
+                system_to_authority(ident.system or ""),
+                (ident.value or "").strip(),
+                type_code,
             )
         )
     if not found:

@@ -67,7 +67,7 @@ def system_to_authority(system: str) -> str:
     ``urn:oid:1.2.3`` becomes ``1.2.3``; any other URI is returned as is.
     """
     system = system.strip()
-    if system.startswith(URN_OID):
+    if system[: len(URN_OID)].lower() == URN_OID:
         return system[len(URN_OID) :]
     return system
 

@@ -9,6 +9,7 @@ builder); code in between never translates, it raises and chains with
     SpidersError
     ├── ConfigurationError          bad settings or sites file; the command exits 2
     ├── InputError                  the request itself is wrong
+    │   ├── UnsupportedMediaType    FHIR 415: the body is not JSON
     │   ├── InvalidResource         FHIR 400/422 with an OperationOutcome
     │   ├── UnknownReference        FHIR 422, a reference to nothing we know;
     │   │                           HL7 ACK AE, ERR-3 204
@@ -64,6 +65,13 @@ class InputError(SpidersError):
     ) -> None:
         super().__init__(message)
         self.issues: list[tuple[str | None, str]] = list(issues) or [(None, message)]
+
+
+class UnsupportedMediaType(InputError):
+    """A body in a media type the endpoint does not read."""
+
+    http_status = 415
+    fhir_code = "not-supported"
 
 
 class InvalidResource(InputError):

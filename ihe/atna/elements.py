@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import logging
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -135,7 +136,7 @@ def audit_message(
         If ``outcome`` is not 0, 4, 8 or 12, or ``when`` is naive.
     """
     root = etree.Element("AuditMessage")
-    event = etree.SubElement(
+    event = _sub(
         root,
         "EventIdentification",
         EventActionCode=action.value,
@@ -176,7 +177,7 @@ def active_participant(
         host = participant.network_access_point
         attrib["NetworkAccessPointID"] = host
         attrib["NetworkAccessPointTypeCode"] = str(int(_access_point_type(host)))
-    element = etree.SubElement(root, "ActiveParticipant", attrib)
+    element = _sub(root, "ActiveParticipant", attrib)
 
     roles = [] if role is None else [role.code]
     if participant.role is not None:
@@ -190,7 +191,7 @@ def audit_source(root: Any, source: AuditSource) -> None:
     attrib = {"AuditSourceID": source.source_id}
     if source.enterprise_site_id is not None:
         attrib["AuditEnterpriseSiteID"] = source.enterprise_site_id
-    element = etree.SubElement(root, "AuditSourceIdentification", attrib)
+    element = _sub(root, "AuditSourceIdentification", attrib)
     coded(element, "AuditSourceTypeCode", AuditSourceTypeCode.APPLICATION_SERVER)
 
 
@@ -235,7 +236,7 @@ def participant_object(
     lxml.etree._Element
         The new element, for a description to be added.
     """
-    element = etree.SubElement(
+    element = _sub(
         root,
         "ParticipantObjectIdentification",
         ParticipantObjectID=object_id,
@@ -246,13 +247,11 @@ def participant_object(
 
     # The schema wants exactly one of name and query, right after the type.
     if query is not None:
-        etree.SubElement(element, "ParticipantObjectQuery").text = _b64(query)
+        _sub(element, "ParticipantObjectQuery").text = _clean(_b64(query))
     else:
-        etree.SubElement(element, "ParticipantObjectName").text = name or object_id
+        _sub(element, "ParticipantObjectName").text = _clean(name or object_id)
     for detail_type, value in details:
-        etree.SubElement(
-            element, "ParticipantObjectDetail", type=detail_type, value=_b64(value)
-        )
+        _sub(element, "ParticipantObjectDetail", type=detail_type, value=_b64(value))
 
     return element
 
@@ -310,21 +309,19 @@ def study_object(
     accessions = [number for number in accession_numbers if number]
     if not sop_classes and not accessions:
         return
-    description = etree.SubElement(study, "ParticipantObjectDescription")
+    description = _sub(study, "ParticipantObjectDescription")
     for number in dict.fromkeys(accessions):
-        etree.SubElement(description, "Accession", Number=number)
+        _sub(description, "Accession", Number=number)
     for uid, count in sop_classes.items():
         if count < 0:
             raise ValueError(f"negative instance count for SOP class {uid}")
-        etree.SubElement(
-            description, "SOPClass", UID=uid, NumberOfInstances=str(int(count))
-        )
+        _sub(description, "SOPClass", UID=uid, NumberOfInstances=str(int(count)))
 
 
 def coded(parent: Any, tag: str, value: Code | CodedEnum) -> None:
     """Append a coded value element ``tag`` with its three attributes."""
     code = as_code(value)
-    etree.SubElement(
+    _sub(
         parent,
         tag,
         {
@@ -383,6 +380,25 @@ def _access_point_type(host: str) -> NetworkAccessPointTypeCode:
         return NetworkAccessPointTypeCode.MACHINE_NAME
 
     return NetworkAccessPointTypeCode.IP_ADDRESS
+
+
+# Characters XML 1.0 cannot carry (C0 controls other than tab, LF and CR; lone
+# surrogates; U+FFFE and U+FFFF). Values come from peers: never let one of them
+# make an audit message impossible to write.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def _clean(value: str) -> str:
+    """`value` without the characters XML cannot hold (each becomes U+FFFD)."""
+    return _NOT_XML.sub("\ufffd", value)
+
+
+def _sub(
+    parent: Any, tag: str, attrib: Mapping[str, str] | None = None, **extra: str
+) -> Any:
+    """An lxml sub-element whose attribute values are XML-safe."""
+    values = {**(attrib or {}), **extra}
+    return etree.SubElement(parent, tag, {k: _clean(v) for k, v in values.items()})
 
 
 def _b64(value: bytes) -> str:

@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any, cast
 
 from flask import Blueprint, Response, current_app, jsonify, request
-from sqlalchemy import select
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 
 from ihe.iua.roles import Role
 from server import tasks
-from server.errors import InputError, NotFound
+from server.errors import Conflict, InputError, NotFound
 from server.http.auth import caller, requires
-from server.models import Registration
+from server.models import Registration, utcnow
 from server.runtime import Runtime
 from server.workflow import selection
 from server.workflow.status import registration_json
@@ -47,7 +48,10 @@ def get_registration(registration_id: str) -> Response:
 @requires(Role.CLINICIAN, Role.RADIOLOGIST)
 def put_selection(registration_id: str) -> Response:
     """Replace the selection: ``{"candidates": [id, ...]}``."""
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError as exc:
+        raise InputError("the body is nested too deeply") from exc
     ids = body.get("candidates") if isinstance(body, dict) else None
     if not isinstance(ids, list) or not all(
         isinstance(i, int) and not isinstance(i, bool) for i in ids
@@ -56,13 +60,23 @@ def put_selection(registration_id: str) -> Response:
             'expected {"candidates": [candidate id, ...]}',
             [("candidates", "a list of integer candidate ids")],
         )
-    with rt().db.session() as session:
-        registration = _get(session, registration_id)
-        selection.change_selection(
-            rt().settings, registration, ids, by=f"user:{caller()}"
-        )
-        session.flush()
-        body_out = registration_json(registration)
+    try:
+        with rt().db.session() as session:
+            # Take the registration's row lock before reading it, so that two
+            # selections at once are applied one after the other.
+            session.execute(
+                update(Registration)
+                .where(Registration.id == registration_id)
+                .values(updated_at=utcnow())
+            )
+            registration = _get(session, registration_id)
+            selection.change_selection(
+                rt().settings, registration, ids, by=f"user:{caller()}"
+            )
+            session.flush()
+            body_out = registration_json(registration)
+    except IntegrityError as exc:
+        raise Conflict("the selection changed meanwhile; send it again") from exc
     tasks.dispatch_due()
     return jsonify(body_out)
 

@@ -14,13 +14,20 @@ from typing import Any, cast
 
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from ihe.iua.roles import READERS, Role
 from ihe.pix import patient_index
 from mappings.fhir_appointment import parse_appointment
 from mappings.fhir_patient import parse_patient
 from server import audit, tasks
-from server.errors import InputError, InvalidResource, NotFound
+from server.errors import (
+    Conflict,
+    InputError,
+    InvalidResource,
+    NotFound,
+    UnsupportedMediaType,
+)
 from server.http.auth import caller, requires
 from server.models import Patient, Prefetch, Registration
 from server.runtime import Runtime
@@ -30,6 +37,8 @@ from server.workflow.status import task_resource
 bp = Blueprint("fhir", __name__)
 
 FHIR_JSON = "application/fhir+json"
+JSON_TYPES = frozenset({FHIR_JSON, "application/json"})
+RACE_RETRIES = 3
 FHIR_ID_CHARS = frozenset(
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-."
 )
@@ -78,18 +87,26 @@ def create_appointment() -> Response:
     """Register a patient for a tumour board."""
     body = _body()
     req = parse_appointment(body)
-    with rt().db.session() as session:
-        done = registrations.register(session, req, body)
-        registration = done.registration
-        if done.created:
-            audit.registration_created(
-                session,
-                rt().settings,
-                registration,
-                user=caller(),
-                address=request.remote_addr,
-            )
-        resource, reg_id = registration.resource, registration.id
+    for attempt in range(RACE_RETRIES):
+        try:
+            with rt().db.session() as session:
+                done = registrations.register(session, req, body)
+                registration = done.registration
+                if done.created:
+                    audit.registration_created(
+                        session,
+                        rt().settings,
+                        registration,
+                        user=caller(),
+                        address=request.remote_addr,
+                    )
+                resource, reg_id = registration.resource, registration.id
+            break
+        except IntegrityError as exc:
+            # The same Appointment (or a new board) was stored by a concurrent
+            # request: run again, and find what it stored.
+            if attempt == RACE_RETRIES - 1:
+                raise Conflict("concurrent changes; send the request again") from exc
     if done.created and registration.discovery == "pending":
         tasks.dispatch_due()
     location = url_for("fhir.read_appointment", resource_id=reg_id)
@@ -209,28 +226,44 @@ def _feed_patient(resource_id: str | None) -> Response:
             [("Patient.id", "must equal the id in the URL")],
         )
     record = parse_patient(body)
-    with rt().db.session() as session:
-        result = patient_index.feed(session, record, body, resource_id)
-        patient = result.patient
-        patient.resource = registrations.stamp(body, patient.id, patient.version)
-        audit.patient_record(
-            session,
-            rt().settings,
-            patient,
-            action="C" if result.created else "U",
-            client=request.remote_addr or "unknown",
-        )
-        resource, pid = patient.resource, patient.id
+    for attempt in range(RACE_RETRIES):
+        try:
+            with rt().db.session() as session:
+                result = patient_index.feed(session, record, body, resource_id)
+                patient = result.patient
+                patient.resource = registrations.stamp(
+                    body, patient.id, patient.version
+                )
+                audit.patient_record(
+                    session,
+                    rt().settings,
+                    patient,
+                    action="C" if result.created else "U",
+                    client=caller(),
+                )
+                resource, pid = patient.resource, patient.id
+            break
+        except IntegrityError as exc:
+            # A concurrent feed stored one of these identifiers first.
+            if attempt == RACE_RETRIES - 1:
+                raise Conflict("concurrent changes; send the request again") from exc
     location = url_for("fhir.read_patient", resource_id=pid)
     return _fhir(resource, 201 if result.created else 200, location)
 
 
 def _body() -> dict[str, Any]:
+    mimetype = request.mimetype
+    if mimetype not in JSON_TYPES:
+        raise UnsupportedMediaType(
+            f"send {FHIR_JSON} (or application/json), not {mimetype or 'no type'}"
+        )
     raw = request.get_data(cache=False)
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InputError("the body is not JSON", [(None, f"not JSON: {exc}")]) from exc
+    except RecursionError as exc:
+        raise InputError("the body is nested too deeply") from exc
     if not isinstance(body, dict):
         raise InputError("the body is not a JSON object")
     return body

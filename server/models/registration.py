@@ -57,6 +57,12 @@ class Registration(Base):
     """A patient registered for a board meeting (one case)."""
 
     __tablename__ = "registration"
+    # The sender's key: an Appointment sent twice, even at once, is one case.
+    __table_args__ = (
+        UniqueConstraint(
+            "identifier_system", "identifier_value", name="uq_appointment"
+        ),
+    )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
     version: Mapped[int] = mapped_column(Integer, default=1)

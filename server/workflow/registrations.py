@@ -77,11 +77,22 @@ def register(
             )
         )
         if existing is not None:
-            if (existing.patient_id, existing.status, existing.meeting_start) != (
+            board = existing.board.location_reference if existing.board else None
+            stored = (
+                existing.patient_id,
+                existing.status,
+                existing.meeting_start,
+                existing.meeting_end,
+                board,
+            )
+            sent = (
                 patient.id,
                 request.status,
                 request.start,
-            ):
+                request.end,
+                request.location_reference,
+            )
+            if stored != sent:
                 raise Conflict(
                     "an Appointment with this identifier is already registered with "
                     f"other content (Appointment/{existing.id})"

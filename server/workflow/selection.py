@@ -20,6 +20,7 @@ from server.models import Candidate, Prefetch, PrefetchState, Registration, utcn
 logger = logging.getLogger(__name__)
 
 RULE = "rule"
+MAX_REPORTED = 20  # unknown ids named in an error, so it stays readable
 
 
 def auto_select(
@@ -93,9 +94,15 @@ def change_selection(
     known = {c.id for c in registration.candidates}
     unknown = sorted(wanted - known)
     if unknown:
+        shown = unknown[:MAX_REPORTED]
+        more = (
+            f" and {len(unknown) - len(shown)} more"
+            if len(unknown) > len(shown)
+            else ""
+        )
         raise InvalidResource(
-            f"not candidates of this registration: {unknown}",
-            [("selection", f"unknown candidate id {i}") for i in unknown],
+            f"not candidates of this registration: {shown}{more}",
+            [("selection", f"unknown candidate id {i}") for i in shown],
         )
     for candidate in registration.candidates:
         if candidate.id in wanted or not candidate.selected:
