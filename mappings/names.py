@@ -30,13 +30,32 @@ def from_dicom_pn(value: str) -> tuple[str, list[str]]:
     return family, given
 
 
+# Letters Unicode does not decompose, written as a Latin-1 system would.
+_LETTERS = str.maketrans(
+    {
+        "Œ": "OE",
+        "œ": "oe",
+        "Æ": "AE",
+        "æ": "ae",
+        "ß": "ss",
+        "Ø": "O",
+        "ø": "o",
+        "Ł": "L",
+        "ł": "l",
+        "Đ": "D",
+        "đ": "d",
+    }
+)
+
+
 def fold(text: str) -> str:
     """Case- and accent-insensitive form of `text` for comparisons.
 
-    ``Lévêque`` and ``LEVEQUE`` fold to the same string; hyphens, apostrophes
-    and runs of spaces become one space.
+    ``Lévêque`` and ``LEVEQUE`` fold to the same string, as do ``DESŒUVRES``
+    and ``DESOEUVRES`` (a Latin-1 archive cannot store Œ); hyphens,
+    apostrophes and runs of spaces become one space.
     """
-    decomposed = unicodedata.normalize("NFKD", text)
+    decomposed = unicodedata.normalize("NFKD", text.translate(_LETTERS))
     stripped = "".join(c for c in decomposed if not unicodedata.combining(c))
     for sep in "-'\u2019":
         stripped = stripped.replace(sep, " ")

@@ -22,6 +22,7 @@ builder); code in between never translates, it raises and chains with
     │                               HL7 ACK AE, ERR-3 205
     ├── IdentityError               the patient index refuses to link or resolve;
     │                               FHIR 409, HL7 ACK AE with ERR-3 205
+    ├── StoreRefused                DICOM C-STORE 0xC000 with an Error Comment
     └── PeerError                   a remote system failed us
         ├── AssociationFailed       DICOM association rejected, aborted or refused
         └── DimseFailure            DIMSE failure status from a peer
@@ -149,6 +150,14 @@ class IdentityError(SpidersError):
 
     http_status = 409
     fhir_code = "conflict"
+
+
+class StoreRefused(SpidersError):
+    """An instance the cache will not store (not a UID, or a UID already held
+    for another study or patient); ``str()`` is the Error Comment."""
+
+    http_status = 422
+    fhir_code = "invalid"
 
 
 class PeerError(SpidersError):

@@ -58,6 +58,7 @@ from server.runtime import Runtime
 logger = logging.getLogger(__name__)
 
 DISPATCH_INTERVAL = 2.0
+MAX_ASSOCIATIONS = 64
 QR_MODELS = (
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelMove,
@@ -86,6 +87,10 @@ def start_dicom(rt: Runtime) -> ThreadedAssociationServer:
     ae = make_ae(settings.ae_title)
     add_storage_scp_contexts(ae)
     ae.add_supported_context(Verification)
+    # Callers must address this cache by its AE title; and enough associations
+    # that a few idle connections cannot keep the sites' C-STOREs out.
+    ae.require_called_aet = True
+    ae.maximum_associations = MAX_ASSOCIATIONS
     for model in QR_MODELS:
         ae.add_supported_context(model)
     # C-GET and C-MOVE send back on storage contexts; C-GET needs SCP role.
@@ -227,6 +232,10 @@ def serve(
     dicom = start_dicom(rt)
     mllp = start_mllp(rt)
     http = start_http(rt)
+    if with_worker:
+        # The embedded worker is the only one: what it was running when the
+        # previous process stopped will never finish unless sent again.
+        tasks.recover_interrupted()
     worker = start_worker(rt) if with_worker else None
     services = Services(dicom, http, worker, audit_sender=audit_sender, mllp=mllp)
     _install_signals(services)

@@ -13,7 +13,9 @@ or RabbitMQ.
 
 Limitations
 -----------
-Work claimed by a worker that dies stays ``running``; nothing resumes it yet.
+Work claimed by a worker that dies is sent again when ``spiders serve`` with
+its embedded worker starts; in the scaled-out mode, where other workers may
+still be running it, nothing resumes it yet.
 """
 
 from __future__ import annotations
@@ -124,6 +126,66 @@ def prefetch_task(prefetch_id: str) -> str:
     if state == PrefetchState.SCHEDULED:
         dispatch_due()
     return state
+
+
+def recover_interrupted() -> dict[str, int]:
+    """Send again the work a stopped worker left ``running`` (or ``queued``
+    for discovery); for one process tree whose worker is the only one."""
+    rt = runtime.current()
+    with rt.db.session() as session:
+        prefetches = session.execute(
+            update(Prefetch)
+            .where(Prefetch.state == PrefetchState.RUNNING)
+            .values(
+                state=PrefetchState.SCHEDULED,
+                due_at=utcnow(),
+                reason="resumed after a restart",
+            )
+        )
+        discoveries = session.execute(
+            update(Registration)
+            .where(Registration.discovery == "running")
+            .values(discovery="pending")
+        )
+    found = {
+        "prefetches": int(getattr(prefetches, "rowcount", 0)),
+        "discoveries": int(getattr(discoveries, "rowcount", 0)),
+    }
+    if any(found.values()):
+        logger.warning("interrupted work sent again", extra=found)
+    return found
+
+
+def retry(registration_id: str) -> dict[str, int]:
+    """Query the sites again and retry the registration's failed retrieves."""
+    rt = runtime.current()
+    with rt.db.session() as session:
+        discovery = session.execute(
+            update(Registration)
+            .where(
+                Registration.id == registration_id,
+                Registration.discovery.in_(["done", "failed"]),
+            )
+            .values(discovery="pending")
+        )
+        prefetches = session.execute(
+            update(Prefetch)
+            .where(
+                Prefetch.registration_id == registration_id,
+                Prefetch.state.in_([PrefetchState.FAILED, PrefetchState.PARTIAL]),
+            )
+            .values(
+                state=PrefetchState.SCHEDULED,
+                due_at=utcnow(),
+                attempts=0,
+                reason="retry requested",
+            )
+        )
+    dispatch_due()
+    return {
+        "discoveries": int(getattr(discovery, "rowcount", 0)),
+        "prefetches": int(getattr(prefetches, "rowcount", 0)),
+    }
 
 
 def dispatch_due() -> dict[str, int]:

@@ -7,10 +7,13 @@ under ``<root>/<study UID>/<series UID>/<SOP instance UID>.dcm``. A path is
 built only from UIDs that are digits and dots; any other value is replaced
 by its SHA-256, so no crafted UID can leave the root.
 
+An instance received again replaces the earlier file and row; an instance
+whose SOP Instance UID is already held for another study or patient is refused,
+as are identifiers that are not UIDs (over-long UIDs are kept, with a warning).
+
 Limitations
 -----------
-Each stored instance is one database transaction; an instance received again
-replaces the earlier file and row.
+Each stored instance is one database transaction.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +29,11 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ihe.dicom.ae import is_safe_uid
+from server.errors import StoreRefused
 from server.models import CachedInstance
 
 logger = logging.getLogger(__name__)
@@ -85,6 +91,14 @@ class Archive:
         sop_uid = str(ds.SOPInstanceUID)
         study_uid = str(ds.StudyInstanceUID)
         series_uid = str(ds.SeriesInstanceUID)
+        for name, value in (
+            ("SOPInstanceUID", sop_uid),
+            ("StudyInstanceUID", study_uid),
+            ("SeriesInstanceUID", series_uid),
+        ):
+            if not is_safe_uid(value):
+                raise StoreRefused(f"{name} is not a UID (digits and dots)")
+        self._check_not_elsewhere(sop_uid, study_uid, _text(ds, "PatientID"))
         warnings = tuple(
             f"{name} {value} is {len(value)} characters long (DICOM allows {MAX_UID})"
             for name, value in (
@@ -96,9 +110,57 @@ class Archive:
         )
         path = self.path_for(study_uid, series_uid, sop_uid)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.incoming / f"{os.getpid()}-{_safe_name(sop_uid)}.part"
+        # A name no other writer uses, even for the same instance at once.
+        tmp = self.incoming / f"{os.getpid()}-{uuid.uuid4().hex}.part"
         tmp.write_bytes(encoded)
         os.replace(tmp, path)
+        for attempt in range(2):
+            try:
+                replaced = self._index(
+                    ds,
+                    sop_uid,
+                    study_uid,
+                    series_uid,
+                    path,
+                    len(encoded),
+                    transfer_syntax,
+                    source_ae,
+                )
+                break
+            except IntegrityError:
+                # The same instance was indexed by another association at once:
+                # the second pass updates that row.
+                if attempt:
+                    raise
+        logger.debug(LOG_STORED, extra={"replaced": replaced})
+        return StoredInstance(sop_uid, study_uid, path, replaced, warnings)
+
+    def _check_not_elsewhere(
+        self, sop_uid: str, study_uid: str, patient_id: str | None
+    ) -> None:
+        with self.sessions() as session:
+            row = session.scalar(
+                select(CachedInstance).where(CachedInstance.sop_instance_uid == sop_uid)
+            )
+        if row is not None and (row.study_uid, row.patient_id) != (
+            study_uid,
+            patient_id,
+        ):
+            raise StoreRefused(
+                "this SOP Instance UID is already held for another study or patient"
+            )
+
+    def _index(
+        self,
+        ds: Dataset,
+        sop_uid: str,
+        study_uid: str,
+        series_uid: str,
+        path: Path,
+        size: int,
+        transfer_syntax: str,
+        source_ae: str | None,
+    ) -> bool:
         with self.sessions() as session, session.begin():
             row = session.scalar(
                 select(CachedInstance).where(CachedInstance.sop_instance_uid == sop_uid)
@@ -110,10 +172,9 @@ class Archive:
             _fill(row, ds, study_uid, series_uid)
             row.transfer_syntax = transfer_syntax
             row.path = str(path.relative_to(self.root))
-            row.size = len(encoded)
+            row.size = size
             row.source_ae = source_ae
-        logger.debug(LOG_STORED, extra={"replaced": replaced})
-        return StoredInstance(sop_uid, study_uid, path, replaced, warnings)
+        return replaced
 
     def path_for(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
         """The file path of an instance, always inside :attr:`root`."""

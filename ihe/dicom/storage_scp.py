@@ -20,10 +20,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+from pydicom.dataset import Dataset
 from pynetdicom import evt
 from pynetdicom.events import Event
 
 from ihe.dicom.archive import Archive
+from server.errors import StoreRefused
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +93,7 @@ class StorageSCP:
             (evt.EVT_ABORTED, self.handle_aborted),
         ]
 
-    def handle_store(self, event: Event) -> int:
+    def handle_store(self, event: Event) -> int | Dataset:
         """Store one instance; answer a DIMSE status, never raise."""
         try:
             ds = event.dataset
@@ -110,6 +112,11 @@ class StorageSCP:
             stored = self.archive.store(
                 event.encoded_dataset(include_meta=True), ds, tsyntax, calling
             )
+        except StoreRefused as exc:
+            logger.warning(
+                "instance refused", extra={"reason": str(exc), "calling_ae": calling}
+            )
+            return _failure(StoreStatus.CANNOT_UNDERSTAND, str(exc))
         except OSError as exc:
             logger.error("instance not stored: disk error", extra={"error": str(exc)})
             return StoreStatus.OUT_OF_RESOURCES
@@ -167,6 +174,14 @@ class StorageSCP:
                 self.on_association_done(summary)
             except Exception:
                 logger.exception("audit of a storage association failed")
+
+
+def _failure(status: int, comment: str) -> Dataset:
+    """A C-STORE failure status with its Error Comment (0000,0902)."""
+    rsp = Dataset()
+    rsp.Status = status
+    rsp.ErrorComment = comment[:64]
+    return rsp
 
 
 def _text(value: object) -> str | None:

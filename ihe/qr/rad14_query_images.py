@@ -101,7 +101,9 @@ def query_studies(
     tls_args = (tls, host) if tls is not None else None
     assoc = ae.associate(host, port, ae_title=ae_title, tls_args=tls_args)
     if not assoc.is_established:
-        raise AssociationFailed(f"association with {ae_title} not established")
+        raise AssociationFailed(
+            f"no association with {ae_title}: refused, unreachable or timed out"
+        )
     studies: dict[str, StudyFound] = {}
     ignored = 0
     try:

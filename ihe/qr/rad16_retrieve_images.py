@@ -109,7 +109,8 @@ def move_study(
         return _done(
             MoveOutcome(
                 "association_aborted",
-                error_comment=f"{ae_title} refused the association",
+                error_comment=f"no association with {ae_title}: refused, "
+                "unreachable or timed out",
             )
         )
     result = MoveOutcome("association_aborted")

@@ -81,6 +81,25 @@ def put_selection(registration_id: str) -> Response:
     return jsonify(body_out)
 
 
+@bp.post("/registrations/<registration_id>/retry")
+@requires(Role.COORDINATOR, Role.CLINICIAN)
+def post_retry(registration_id: str) -> Response:
+    """Query the sites again and retry failed or partial retrieves.
+
+    What a person decided about the selection is kept; studies found anew are
+    selected by the rule.
+    """
+    with rt().db.session() as session:
+        _get(session, registration_id)
+    sent = tasks.retry(registration_id)
+    with rt().db.session() as session:
+        body = registration_json(_get(session, registration_id))
+    body["retry"] = sent
+    response = jsonify(body)
+    response.status_code = 202
+    return response
+
+
 def _get(session: Any, registration_id: str) -> Registration:
     registration = session.get(Registration, registration_id)
     if registration is None:

@@ -37,6 +37,10 @@ def auto_select(
     for candidate in registration.candidates:
         if candidate.warning or candidate.study_uid in seen_uids:
             continue
+        if candidate.selected_by is not None:  # already decided, by rule or person
+            if candidate.selected:
+                seen_uids.add(candidate.study_uid)
+            continue
         if not (set(candidate.modalities) & wanted):
             continue
         if not candidate.study_date or candidate.study_date < oldest:
@@ -118,7 +122,8 @@ def change_selection(
             if not candidate.selected:
                 candidate.selected, candidate.selected_by = True, by
         elif candidate.selected:
-            candidate.selected, candidate.selected_by = False, None
+            # selected_by keeps who decided, so a later rule pass leaves it out.
+            candidate.selected, candidate.selected_by = False, by
             candidate.prefetch = None
     logger.info(
         "selection changed",

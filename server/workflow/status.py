@@ -23,7 +23,9 @@ def registration_state(registration: Registration) -> str:
 
     ``discovering`` until every site answered; then ``no-studies`` when
     nothing is selected, ``prefetching`` while any retrieve is unfinished,
-    and finally ``ready``, ``partial`` or ``failed``.
+    and finally ``ready``, ``partial`` or ``failed``. A site that could not be
+    queried makes the case at best ``partial`` (or ``failed`` when nothing
+    else was found): its studies may be missing.
     """
     if registration.status not in ("booked", "arrived", "checked-in", "pending"):
         return registration.status
@@ -32,13 +34,15 @@ def registration_state(registration: Registration) -> str:
     if registration.discovery != "done":
         return "discovering"
     prefetches = [c.prefetch for c in registration.candidates if c.prefetch]
+    site_failed = any(q.status == "failed" for q in registration.site_queries)
     if not prefetches:
-        return "no-studies"
+        # A site that could not be asked may hold the studies: not "nothing".
+        return "failed" if site_failed else "no-studies"
     states = {PrefetchState(p.state) for p in prefetches}
     if not all(s.finished for s in states):
         return "prefetching"
     if states <= {PrefetchState.READY}:
-        return "ready"
+        return "partial" if site_failed else "ready"
     if PrefetchState.READY in states or PrefetchState.PARTIAL in states:
         return "partial"
     return "failed"

@@ -9,6 +9,7 @@ import pytest
 
 from ihe.dicom.archive import Archive
 from server.db import Database
+from server.errors import StoreRefused
 from tests.ihe.dicom.dicom_support import (
     CT_IMAGE_STORAGE,
     SECONDARY_CAPTURE,
@@ -95,17 +96,30 @@ def test_path_for_65_character_uid_kept_as_name(archive: Archive) -> None:
 
 
 @pytest.mark.parametrize("crafted", ["../../etc/passwd", "1/2", "1\x00", "1" * 200])
-def test_store_crafted_uids_file_inside_root(archive: Archive, crafted: str) -> None:
+def test_store_crafted_uids_refused_nothing_written(
+    archive: Archive, crafted: str
+) -> None:
     ds = make_dataset(crafted, study_uid=crafted, series_uid="../" + crafted)
 
-    stored = archive.store(encode(ds), ds, "1.2.840.10008.1.2.1", "MODALITY")
+    with pytest.raises(StoreRefused, match="not a UID"):
+        archive.store(encode(ds), ds, "1.2.840.10008.1.2.1", "MODALITY")
 
-    assert _inside(archive, stored.path)
-    assert stored.path.is_file()
     files = [p for p in archive.root.rglob("*") if p.is_file()]
-    assert files == [stored.path]
-    [row] = archive.instances(sop_instance_uid=crafted)
-    assert _inside(archive, archive.root / row.path)
+    assert files == []
+    assert archive.instances(sop_instance_uid=crafted) == []
+
+
+def test_store_same_sop_uid_for_another_study_refused(archive: Archive) -> None:
+    first = make_dataset()
+    archive.store(encode(first), first, "1.2.840.10008.1.2.1", "MODALITY")
+    intruder = make_dataset(study_uid="2.999.9.9")
+
+    with pytest.raises(StoreRefused, match="another study or patient"):
+        archive.store(encode(intruder), intruder, "1.2.840.10008.1.2.1", "INTRUDER")
+
+    [row] = archive.instances(sop_instance_uid="2.999.1.3.1")
+    assert row.study_uid == STUDY
+    assert row.source_ae == "MODALITY"
 
 
 def test_store_safe_uids_file_at_study_series_sop(archive: Archive) -> None:

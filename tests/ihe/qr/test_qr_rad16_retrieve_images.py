@@ -289,7 +289,9 @@ def test_move_study_closed_port_association_aborted(c14: dict[str, Any]) -> None
     result = move(free_port(), c14)
 
     assert result.outcome == "association_aborted"
-    assert result.error_comment == f"{SITE_AE} refused the association"
+    assert result.error_comment == (
+        f"no association with {SITE_AE}: refused, unreachable or timed out"
+    )
 
 
 @pytest.mark.parametrize(

@@ -54,3 +54,16 @@ def test_identity_warning_other_family_name_flagged() -> None:
     assert identity_warning(registration(), found("LEFEVRE^NOEL", "19580314")) == (
         "family name differs from the patient index"
     )
+
+
+@pytest.mark.parametrize(
+    ("index", "pacs"),
+    [("DESŒUVRES", "DESOEUVRES^MARIE"), ("ŁUKASZEWSKI", "LUKASZEWSKI^ANNA")],
+)
+def test_identity_warning_letters_latin1_cannot_store_no_warning(
+    index: str, pacs: str
+) -> None:
+    reg = registration()
+    reg.patient.family_name = index
+    reg.patient.birth_family_name = None
+    assert identity_warning(reg, found(pacs, "19580314")) is None
