@@ -80,3 +80,26 @@ def auth_headers(rt: Runtime, *roles: str) -> dict[str, str]:
 def anonymous(app: Flask) -> FlaskClient:
     """A test client that sends no token."""
     return app.test_client()
+
+
+@pytest.fixture(autouse=True)
+def _every_audit_message_valid(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Validate each audit message a test records against the DICOM schema.
+
+    Tests that feed the outbox something invalid on purpose carry the
+    ``audit_unchecked`` marker.
+    """
+    if request.node.get_closest_marker("audit_unchecked"):
+        return
+    from ihe.atna import outbox
+    from tests.audit_schema import assert_valid_audit
+
+    original = outbox.record
+
+    def checked(session: object, xml: bytes, **kwargs: object) -> object:
+        assert_valid_audit(xml)
+        return original(session, xml, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(outbox, "record", checked)

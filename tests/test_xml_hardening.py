@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from ihe.atna import outbox
 from mappings.fhir_audit_event import to_audit_event
 from server.db import Database
@@ -49,6 +51,7 @@ def test_audit_event_mapping_never_expands_entities(tmp_path: Path) -> None:
     assert "a" * 1000 not in text
 
 
+@pytest.mark.audit_unchecked
 def test_outbox_never_expands_entities(tmp_path: Path) -> None:
     db = Database(f"sqlite:///{tmp_path / 'x.sqlite'}")
     db.create_schema()

@@ -62,6 +62,7 @@ class IdP:
         self.public_der = public.public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
+        tmp.mkdir(parents=True, exist_ok=True)
         self.pem_path = tmp / "idp-public.pem"
         self.pem_path.write_bytes(self.public_pem)
 
@@ -191,7 +192,7 @@ def test_token_tampered_payload_401(idp: IdP, idp_client: FlaskClient) -> None:
 def test_token_signed_by_another_key_401(
     idp: IdP, idp_client: FlaskClient, tmp_path: Path
 ) -> None:
-    other = IdP(tmp_path / "..")
+    other = IdP(tmp_path / "other")
     assert_refused(call(idp_client, other.token()))
 
 
@@ -325,3 +326,45 @@ def test_refused_requests_are_audited_as_security_alerts(
         assert 'csd-code="110126"' in alerts[1].xml
         assert 'csd-code="110132"' in alerts[2].xml
         assert "x.y.z" not in "".join(r.xml for r in rows)
+
+
+def test_jwks_url_keys_fetched_and_used(idp: IdP, tmp_path: Path) -> None:
+    import http.server
+    import threading
+
+    from jose import jwk
+
+    key = jwk.construct(idp.public_pem.decode(), "RS256").to_dict()
+    key["kid"] = "idp-1"
+    body = json.dumps({"keys": [key]}).encode()
+    fetched: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            fetched.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/realms/rcp/certs"
+        verifier = TokenVerifier(KeySet(url), issuer=ISSUER, audience=AUDIENCE)
+        token = str(
+            jwt.encode(idp.claims(), idp.private_pem, "RS256", headers={"kid": "idp-1"})
+        )
+        assert verifier.verify(token).subject == "dr-martin"
+        assert verifier.verify(token).roles == frozenset({"coordinator"})
+        assert fetched == ["/realms/rcp/certs"]  # fetched once, then cached
+        other = IdP(tmp_path / "other")
+        with pytest.raises(TokenError):
+            verifier.verify(other.token())
+    finally:
+        server.shutdown()
+        server.server_close()
