@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from server.models import Candidate, Prefetch, PrefetchState, Registration
+from sqlalchemy import func, select
+from sqlalchemy.orm import object_session
+
+from server.models import (
+    CachedInstance,
+    Candidate,
+    Prefetch,
+    PrefetchState,
+    Registration,
+)
 
 # PrefetchState → FHIR R4 Task.status (http://hl7.org/fhir/R4/valueset-task-status.html)
 TASK_STATUS = {
@@ -76,9 +85,23 @@ def prefetch_json(prefetch: Prefetch) -> dict[str, Any]:
         "dueAt": prefetch.due_at.isoformat(),
         "attempts": prefetch.attempts,
         "expectedInstances": prefetch.expected_instances,
-        "receivedInstances": prefetch.received_instances,
+        "receivedInstances": _received(prefetch),
         "reason": prefetch.reason,
     }
+
+
+def _received(prefetch: Prefetch) -> int:
+    """While a retrieve runs, what the cache already holds; after, the count
+    the retrieve concluded on."""
+    session = object_session(prefetch)
+    if prefetch.state != PrefetchState.RUNNING or session is None:
+        return prefetch.received_instances
+    held = session.scalar(
+        select(func.count())
+        .select_from(CachedInstance)
+        .where(CachedInstance.study_uid == prefetch.study_uid)
+    )
+    return int(held or 0)
 
 
 def registration_json(registration: Registration) -> dict[str, Any]:

@@ -188,3 +188,27 @@ def test_same_appointment_sent_at_once_registers_one_case(
     assert len(ids) == 1
     with rt.db.session() as session:
         assert session.scalar(select(func.count()).select_from(Registration)) == 1
+
+
+def test_running_prefetch_reports_what_the_cache_already_holds(
+    client: FlaskClient, rt: Runtime
+) -> None:
+    from server.models import CachedInstance
+
+    seed(rt, PrefetchState.RUNNING)
+    with rt.db.session() as session:
+        for n in range(4):
+            session.add(
+                CachedInstance(
+                    sop_instance_uid=f"1.2.3.{n}",
+                    sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+                    study_uid="1.2.3",
+                    series_uid="1.2.3.9",
+                    transfer_syntax="1.2.840.10008.1.2.1",
+                    path=f"x/{n}.dcm",
+                    size=1,
+                )
+            )
+    body = client.get("/api/registrations/r1").get_json()
+    prefetch = body["candidates"][0]["prefetch"]
+    assert (prefetch["state"], prefetch["receivedInstances"]) == ("running", 4)
