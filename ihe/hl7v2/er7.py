@@ -275,14 +275,15 @@ def read_header(raw: bytes) -> Segment:
     """
     # Blank lines and a UTF-8 byte order mark some senders put first.
     start = len(raw) - len(raw.lstrip(b"\r\n \t").removeprefix(UTF8_BOM))
-    if raw[start : start + 3] != b"MSH" or len(raw) < start + 8:
+    ends = [i for i in (raw.find(b"\r", start), raw.find(b"\n", start)) if i >= 0]
+    line = raw[start : min(ends) if ends else len(raw)].decode("latin-1")
+    # "MSH", the field separator and the encoding characters at the least.
+    if not line.startswith("MSH") or len(line) < 8:
         raise MessageRejected(
             "the message does not start with an MSH segment",
             ErrorCode.SEGMENT_SEQUENCE_ERROR,
             (MSH,),
         )
-    ends = [i for i in (raw.find(b"\r", start), raw.find(b"\n", start)) if i >= 0]
-    line = raw[start : min(ends) if ends else len(raw)].decode("latin-1")
     separator = line[3]
     delimiters = Delimiters.from_msh(separator, line[4:].split(separator, 1)[0])
     return Segment(line, delimiters, "latin-1")

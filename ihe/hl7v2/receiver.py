@@ -63,6 +63,9 @@ from server.models import Hl7Message, Hl7Outcome, utcnow
 
 logger = logging.getLogger(__name__)
 
+MAX_SENDER = 512
+MAX_CONTROL_ID = 199
+
 LOG_ACKNOWLEDGED = "message acknowledged"
 LOG_DUPLICATE = "duplicate message: previous acknowledgement sent again"
 LOG_REFUSED = "message refused"
@@ -151,6 +154,10 @@ class Receiver:
             msh: er7.Segment | None = er7.read_header(payload)
         except MessageError:
             msh = None
+        except Exception as exc:
+            # A header our reader did not foresee: answered like an unreadable one.
+            _log_failure(exc, {"peer": peer})
+            msh = None
         try:
             return self._handle(payload, msh, peer)
         except Exception as exc:
@@ -165,6 +172,9 @@ class Receiver:
     def _handle(self, payload: bytes, msh: er7.Segment | None, peer: str) -> Reply:
         sender = f"{msh.raw(3)}|{msh.raw(4)}" if msh is not None else "|"
         control_id = (msh.value(10).strip() or None) if msh is not None else None
+        # Keys as wide as their columns (MSH-10 is 199 characters at most).
+        sender = sender[:MAX_SENDER]
+        control_id = control_id[:MAX_CONTROL_ID] if control_id else control_id
         lock = self._locks[zlib.crc32(f"{sender}\x00{control_id}".encode()) % KEY_LOCKS]
         with lock:
             try:

@@ -102,6 +102,8 @@ def test_receiver_handler_failure_answers_ae_207_recorded_connection_kept(
     ("message", "code", "error", "location"),
     [
         (b"garbage without header", "AR", "100", "MSH"),
+        (b"MSH\rPID|1||A1^^^&2.999.1.1&ISO\r", "AR", "100", "MSH"),
+        (b"MSH\n^~\\&\nSPIDERS\nPID|1\n", "AR", "100", "MSH"),
         (adt("T-1", PID3).replace(b"ADT^A28", b"XYZ^A01"), "AR", "200", "MSH^1^9^1^1"),
         (adt("T-2", PID3).replace(b"ADT^A28", b"ADT^A99"), "AR", "201", "MSH^1^9^1^2"),
         (adt("T-3", PID3).replace(b"|P|2.5|", b"|T|2.5|"), "AR", "202", "MSH^1^11"),
