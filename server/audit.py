@@ -15,10 +15,11 @@ Requests over HTTP are attributed to the authenticated subject when there is
 one, else to the calling address. A transfer into the cache is attributed to
 the registration whose prefetch of that study runs (or ran last); a study
 received outside any prefetch belongs to no registration. Refused DICOM
-associations are recorded as security alerts (:func:`refused_association`);
-refused bearer tokens and failed TLS handshakes are only logged so far, their
-handlers not calling :func:`security_alert` yet, and no login exists to call
-:func:`user_authentication`.
+associations, refused HTTP requests and failed TLS handshakes are recorded as
+security alerts. Not audited yet: the scheduling and order messages received
+over HL7 v2 (only identity feeds are), a console's C-FIND answered by the
+cache, reads and searches over HTTP, selection changes and retry requests;
+no login exists to call :func:`user_authentication`.
 """
 
 from __future__ import annotations

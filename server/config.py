@@ -22,9 +22,9 @@ viewing consoles::
 
 Limitations
 -----------
-Only the ``c-move`` retrieve method is accepted for now; TLS, association limits
-and maintenance windows per site are not configurable yet. The audit TLS files
-are checked when the sender starts, not here.
+Only the ``c-move`` retrieve method is accepted for now; association limits and
+maintenance windows per site are not configurable yet. The audit TLS files are
+checked when the sender starts, not here.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from server.config import load_settings
 from server.demo import run as demo
+from tests.flow_support import assert_all_audit_valid
 from tests.ihe.hl7v2.hl7v2_support import Client, adt, siu
 from tests.peers import free_port
 
@@ -58,3 +59,7 @@ def test_flow_hl7_adt_then_siu_s12_registered_with_meeting_time(
     assert "MLLP listener started" in log and "MLLP listener stopped" in log
     assert "Traceback" not in log
     assert "DUPONT" not in log and "40000160" not in log
+    rows = assert_all_audit_valid(tmp_path / "data")
+    events = [(event, action) for event, action, _ in rows]
+    assert ("110110", "C") in events  # the ADT feed
+    assert events[0] == ("110100", "E") and events[-1] == ("110100", "E")

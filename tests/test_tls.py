@@ -237,3 +237,10 @@ def test_tls_failed_handshakes_audited_as_security_alerts(region: TlsRegion) -> 
     assert links == {"dicom://", "https://"}
     for xml in alerts:
         assert 'csd-code="110126"' in xml
+
+
+def test_tls_every_audit_message_valid(region: TlsRegion) -> None:
+    from tests.flow_support import assert_all_audit_valid
+
+    rows = assert_all_audit_valid(region.data_dir)
+    assert ("110104", "C") in [(event, action) for event, action, _ in rows]

@@ -17,7 +17,7 @@ MLLP carries no identity of its own: without a client CA, any host that
 reaches the port may send messages, which is why the default address is
 loopback. One thread per connection and no cap on connections; an idle
 connection is never closed by the listener. A failed TLS handshake is logged
-but not yet audited as a Security Alert (110113).
+and reported to ``on_tls_failure`` (``spiders serve`` audits it as 110113).
 """
 
 from __future__ import annotations

@@ -133,6 +133,61 @@ def test_serve_dicom_listener_admits_known_callers_only(tmp_path: Path) -> None:
         assert again.returncode == 0, again.stderr
     finally:
         assert server.stop() == 0
+    rows = assert_all_audit_valid(tmp_path / "data")
+    refused = [xml for event, _, xml in rows if event == "110113"]
+    assert len(refused) == 1
+    assert "INTRUDER@127.0.0.1" in refused[0]
+    assert 'csd-code="110126"' in refused[0]
+
+
+def test_token_command_mints_accepted_token_and_refuses_with_idp(
+    tmp_path: Path,
+) -> None:
+    import sys
+
+    from ihe.iua import dev_keys
+    from ihe.iua.tokens import KeySet, TokenVerifier
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPIDERS_")}
+    env["SPIDERS_DATA_DIR"] = str(tmp_path)
+    cmd = [
+        sys.executable,
+        "-m",
+        "server.cli",
+        "token",
+        "--role",
+        "coordinator",
+        "--role",
+        "radiologist",
+        "--subject",
+        "dr-bernard",
+    ]
+    proc = subprocess.run(
+        cmd, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    verifier = TokenVerifier(
+        KeySet.from_jwks(dev_keys.public_jwks(tmp_path)),
+        issuer=dev_keys.DEV_ISSUER,
+        audience=dev_keys.DEV_AUDIENCE,
+        algorithms=("ES256",),
+    )
+    principal = verifier.verify(proc.stdout.strip())
+    assert principal.subject == "dr-bernard"
+    assert principal.roles == frozenset({"coordinator", "radiologist"})
+    assert (tmp_path / dev_keys.KEY_FILE).stat().st_mode & 0o777 == 0o600
+    env.update(
+        {
+            "SPIDERS_JWT_KEYS": str(tmp_path / "jwks.json"),
+            "SPIDERS_JWT_ISSUER": "https://idp.example",
+        }
+    )
+    (tmp_path / "jwks.json").write_text('{"keys": []}')
+    refused = subprocess.run(
+        cmd, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert refused.returncode == 2
+    assert "get tokens from the identity provider" in refused.stderr
 
 
 def test_serve_bad_sites_file_exits_2_with_message(tmp_path: Path) -> None:

@@ -368,3 +368,35 @@ def test_jwks_url_keys_fetched_and_used(idp: IdP, tmp_path: Path) -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_leeway_never_above_30_seconds(idp: IdP) -> None:
+    verifier = TokenVerifier(
+        KeySet(str(idp.pem_path)), issuer=ISSUER, audience=AUDIENCE, leeway=300
+    )
+    assert verifier.leeway == 30
+    with pytest.raises(TokenError, match="expired"):
+        verifier.verify(idp.token(exp=int(time.time()) - 40))
+
+
+def test_custom_roles_claim_read(idp: IdP) -> None:
+    verifier = TokenVerifier(
+        KeySet(str(idp.pem_path)),
+        issuer=ISSUER,
+        audience=AUDIENCE,
+        roles_claim="spiders_roles",
+    )
+    token = idp.token(roles=None, spiders_roles=["radiologist"])
+    assert verifier.verify(token).roles == frozenset({"radiologist"})
+
+
+def test_hmac_token_refused_even_when_hs256_allowed_with_an_rsa_key(idp: IdP) -> None:
+    verifier = TokenVerifier(
+        KeySet(str(idp.pem_path)),
+        issuer=ISSUER,
+        audience=AUDIENCE,
+        algorithms=["RS256", "HS256"],
+    )
+    for secret in (idp.public_pem, idp.public_der):
+        with pytest.raises(TokenError, match="no configured key fits"):
+            verifier.verify(hs256(idp.claims(), secret))
