@@ -16,10 +16,11 @@ one, else to the calling address. A transfer into the cache is attributed to
 the registration whose prefetch of that study runs (or ran last); a study
 received outside any prefetch belongs to no registration. Refused DICOM
 associations, refused HTTP requests and failed TLS handshakes are recorded as
-security alerts. Not audited yet: the scheduling and order messages received
-over HL7 v2 (only identity feeds are), a console's C-FIND answered by the
-cache, reads and searches over HTTP, selection changes and retry requests;
-no login exists to call :func:`user_authentication`.
+security alerts; the first request a bearer token authenticates is the User
+Authentication. Not audited yet: a C-STORE or C-MOVE the cache refuses (they
+are logged), and TLS failures on connections SPIDERS opens (to sites and audit
+repositories). SPIDERS deletes, exports and imports nothing yet, so 110105,
+110106 and 110107 have builders but no caller.
 """
 
 from __future__ import annotations
@@ -149,17 +150,96 @@ def registration_created(
     address: str | None,
 ) -> None:
     """Procedure Record (110111) created: a patient registered for a board."""
-    patient = registration.patient
-    xml = messages.procedure_record(
+    registration_event(
+        session,
+        settings,
+        registration,
         action="C",
+        requestor=http_client(user, address),
+    )
+
+
+def registration_event(
+    session: Session,
+    settings: Settings,
+    registration: Registration,
+    *,
+    action: str,
+    requestor: messages.Participant,
+    event_type: Code | CodedEnum | None = None,
+) -> None:
+    """Procedure Record (110111): a registration created (C), read (R), changed
+    (U: rescheduled, selection, retry, order hints) or cancelled (D).
+
+    For a read the data flows from SPIDERS to the requestor; otherwise from
+    the requestor to SPIDERS.
+    """
+    patient = registration.patient
+    source, destination = (
+        (us(settings), requestor) if action == "R" else (requestor, us(settings))
+    )
+    xml = messages.procedure_record(
+        action=action,
         procedure_uri=f"Appointment/{registration.id}",
         patient_id=patient_cx(patient),
         patient_name=patient_name(patient),
-        source=http_client(user, address),
-        destination=us(settings),
+        source=source,
+        destination=destination,
         audit_source=audit_source(settings),
+        event_type=event_type,
     )
     outbox.record(session, xml, registration_id=registration.id, patient_id=patient.id)
+
+
+def patient_read(
+    session: Session,
+    settings: Settings,
+    patient: Patient,
+    *,
+    requestor: messages.Participant,
+) -> None:
+    """Patient Record (110110) read: demographics sent to a requestor."""
+    xml = messages.patient_record(
+        action="R",
+        patient_id=patient_cx(patient),
+        patient_name=patient_name(patient),
+        source=us(settings),
+        destination=requestor,
+        audit_source=audit_source(settings),
+    )
+    outbox.record(session, xml, patient_id=patient.id)
+
+
+def hl7_sender(sender: str, peer: str) -> messages.Participant:
+    """An HL7 v2 sender (MSH-3|MSH-4) as the requesting participant."""
+    return messages.Participant(
+        user_id=sender or "unknown",
+        is_requestor=True,
+        network_access_point=peer or None,
+    )
+
+
+def console_query(
+    session: Session,
+    settings: Settings,
+    *,
+    calling_ae: str,
+    address: str,
+    sop_class_uid: str,
+    query: bytes,
+) -> None:
+    """Query (110112) answered: a console's C-FIND to the cache."""
+    xml = messages.query(
+        sop_class_uid=sop_class_uid,
+        query=query,
+        source=peer_ae(calling_ae, address, requestor=True),
+        destination=us(settings),
+        audit_source=audit_source(settings),
+        transfer_syntax="1.2.840.10008.1.2",
+        event_type=RAD14,
+        outcome=0,
+    )
+    outbox.record(session, xml)
 
 
 def site_query(

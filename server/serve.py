@@ -37,7 +37,7 @@ from ihe.atna.codes import EventTypeCode
 from ihe.atna.delivery import OutboxSender
 from ihe.dicom.acceptance import CallerPolicy
 from ihe.dicom.ae import TLS_FAILURE_CALLBACK, add_storage_scp_contexts, make_ae
-from ihe.dicom.qr_scp import QueryRetrieveSCP
+from ihe.dicom.qr_scp import FindSummary, QueryRetrieveSCP
 from ihe.dicom.sop_classes import (
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
@@ -104,6 +104,7 @@ def start_dicom(rt: Runtime) -> ThreadedAssociationServer:
         settings.ae_title,
         _destination(rt),
         on_sent=audit.retrieve_sent(settings, rt.db),
+        on_find=_audit_find(rt),
     )
     policy = caller_policy(rt)
     tls = None
@@ -333,6 +334,21 @@ def _destination(rt: Runtime) -> Any:
         return (console.host, console.port) if console else None
 
     return lookup
+
+
+def _audit_find(rt: Runtime) -> Callable[[FindSummary], None]:
+    def write(found: FindSummary) -> None:
+        with rt.db.session() as session:
+            audit.console_query(
+                session,
+                rt.settings,
+                calling_ae=found.calling_ae,
+                address=found.address,
+                sop_class_uid=found.sop_class_uid,
+                query=found.query,
+            )
+
+    return write
 
 
 def _audit_delivery(rt: Runtime) -> Any:

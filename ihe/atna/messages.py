@@ -84,7 +84,7 @@ SUBMISSION_SET_ID_TYPE = Code(
     "submission set classificationNode",
 )
 
-_PATIENT_RECORD_ACTIONS = frozenset("CUD")
+_PATIENT_RECORD_ACTIONS = frozenset("CRUD")
 _PROCEDURE_RECORD_ACTIONS = frozenset("CRUD")
 _TRANSFER_ACTIONS = frozenset("CRU")
 

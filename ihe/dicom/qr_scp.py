@@ -88,6 +88,17 @@ DATE_COLUMNS = {"study_date", "patient_birth_date"}
 NAME_COLUMNS = {"patient_name"}
 
 
+@dataclass(frozen=True)
+class FindSummary:
+    """A C-FIND answered: who asked, the identifier as received, how many matched."""
+
+    calling_ae: str
+    address: str
+    sop_class_uid: str
+    query: bytes
+    matches: int
+
+
 @dataclass
 class Match:
     """One entity (patient, study, series or instance) found in the archive."""
@@ -144,11 +155,13 @@ class QueryRetrieveSCP:
         ae_title: str,
         move_destination: Callable[[str], tuple[Any, ...] | None],
         on_sent: Callable[[RetrieveSummary], None] | None = None,
+        on_find: Callable[[FindSummary], None] | None = None,
     ) -> None:
         self.archive = archive
         self.ae_title = ae_title
         self.move_destination = move_destination
         self.on_sent = on_sent
+        self.on_find = on_find
 
     @property
     def handlers(self) -> list[evt.EventHandlerType]:
@@ -175,6 +188,19 @@ class QueryRetrieveSCP:
                 return
             yield STATUS_PENDING, self._response(identifier, level, match)
         logger.info(LOG_FIND, extra={"level": level, "matches": len(matches)})
+        if self.on_find is not None:
+            requestor = event.assoc.requestor
+            summary = FindSummary(
+                calling_ae=str(requestor.ae_title).strip(),
+                address=str(requestor.address),
+                sop_class_uid=str(event.context.abstract_syntax),
+                query=_raw_identifier(event),
+                matches=len(matches),
+            )
+            try:
+                self.on_find(summary)
+            except Exception:
+                logger.exception("reporting a C-FIND failed")
 
     def search(self, level: str, identifier: Dataset) -> list[Match]:
         """Entities at `level` whose attributes match `identifier`'s keys."""
@@ -309,6 +335,12 @@ def _count_sent(summary: RetrieveSummary, row: CachedInstance) -> None:
         study = StudySent(row.study_uid, row.patient_id, row.patient_name)
         summary.studies.append(study)
     study.sop_classes[row.sop_class_uid] += 1
+
+
+def _raw_identifier(event: Event) -> bytes:
+    """The C-FIND identifier as the peer encoded it."""
+    stream = getattr(event.request, "Identifier", None)
+    return bytes(stream.getvalue()) if stream is not None else b""
 
 
 def _value(identifier: Dataset, keyword: str) -> str:

@@ -35,12 +35,14 @@ from dataclasses import replace
 
 from sqlalchemy.orm import Session
 
+from ihe.atna.messages import Participant
 from ihe.hl7v2.application import Context, Handler, Outcome
 from ihe.hl7v2.codes import ErrorCode
 from ihe.hl7v2.er7 import Message
 from ihe.pix import patient_index
 from mappings import hl7_pid, hl7_siu
 from mappings.fhir_appointment import ACTIVE_STATUS, PatientRef
+from server import audit
 from server.errors import Conflict, IdentityError, MessageError
 from server.models import Patient, Registration
 from server.workflow import registrations
@@ -72,6 +74,10 @@ def handle_siu(session: Session, msg: Message, ctx: Context) -> Outcome:
                 str(exc), ErrorCode.DUPLICATE_KEY_IDENTIFIER, ("SCH", 1, 2)
             ) from exc
         reg = done.registration
+        if done.created:
+            audit.registration_event(
+                session, ctx.settings, reg, action="C", requestor=_sender(ctx)
+            )
         verb = "created" if done.created else "already made"
         return Outcome(f"registration {reg.id} {verb}", dispatch=done.created)
     reg = _registration(session, appt)
@@ -83,15 +89,27 @@ def handle_siu(session: Session, msg: Message, ctx: Context) -> Outcome:
         )
     if appt.event in ("S13", "S14"):
         registrations.reschedule(session, ctx.settings, reg, request, resource)
+        audit.registration_event(
+            session, ctx.settings, reg, action="U", requestor=_sender(ctx)
+        )
         dispatch = reg.status in ACTIVE_STATUS and reg.discovery == "pending"
         return Outcome(f"registration {reg.id} rescheduled", dispatch=dispatch)
     if appt.event == "S26":
         cancelled = registrations.no_show(session, reg)
+        action = "U"
     else:
         cancelled = registrations.cancel(session, reg, CANCEL_STATUS[appt.event])
+        action = "D"
+    audit.registration_event(
+        session, ctx.settings, reg, action=action, requestor=_sender(ctx)
+    )
     return Outcome(
         f"registration {reg.id} {reg.status}; {cancelled} prefetch(es) cancelled"
     )
+
+
+def _sender(ctx: Context) -> Participant:
+    return audit.hl7_sender(ctx.sender, ctx.peer)
 
 
 def _patient(session: Session, appt: hl7_siu.SiuAppointment) -> Patient:

@@ -33,6 +33,7 @@ from ihe.hl7v2.er7 import Message
 from ihe.pix import patient_index
 from mappings import hl7_order, hl7_pid
 from mappings.fhir_appointment import ACTIVE_STATUS
+from server import audit
 from server.errors import IdentityError, MessageError
 from server.models import Registration
 
@@ -74,6 +75,13 @@ def handle_order(session: Session, msg: Message, ctx: Context) -> Outcome:
             _apply(hints, STUDY_HINTS, order.study_uid, order.withdrawn)
         # A new dict, so that the JSON column sees the change.
         registration.hints = hints
+        audit.registration_event(
+            session,
+            ctx.settings,
+            registration,
+            action="U",
+            requestor=audit.hl7_sender(ctx.sender, ctx.peer),
+        )
     ids = ", ".join(r.id for r in active) or "none"
     return Outcome(f"{len(orders)} order(s); registrations updated: {ids}")
 

@@ -9,9 +9,10 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from ihe.iua.roles import Role
-from server import tasks
+from server import audit, tasks
 from server.errors import Conflict, InputError, NotFound
 from server.http.auth import caller, requires
+from server.http.fhir import audit_read
 from server.models import Registration, utcnow
 from server.runtime import Runtime
 from server.workflow import selection
@@ -33,6 +34,7 @@ def list_registrations() -> Response:
         rows = session.scalars(
             select(Registration).order_by(Registration.created_at.desc())
         ).all()
+        audit_read(session, rows)
         return jsonify([registration_json(r) for r in rows])
 
 
@@ -41,7 +43,9 @@ def list_registrations() -> Response:
 def get_registration(registration_id: str) -> Response:
     """One registration: sites queried, candidates, prefetch progress."""
     with rt().db.session() as session:
-        return jsonify(registration_json(_get(session, registration_id)))
+        registration = _get(session, registration_id)
+        audit_read(session, [registration])
+        return jsonify(registration_json(registration))
 
 
 @bp.put("/registrations/<registration_id>/selection")
@@ -73,6 +77,13 @@ def put_selection(registration_id: str) -> Response:
             selection.change_selection(
                 rt().settings, registration, ids, by=f"user:{caller()}"
             )
+            audit.registration_event(
+                session,
+                rt().settings,
+                registration,
+                action="U",
+                requestor=audit.http_client(caller(), request.remote_addr),
+            )
             session.flush()
             body_out = registration_json(registration)
     except IntegrityError as exc:
@@ -92,6 +103,14 @@ def post_retry(registration_id: str) -> Response:
     with rt().db.session() as session:
         _get(session, registration_id)
     sent = tasks.retry(registration_id)
+    with rt().db.session() as session:
+        audit.registration_event(
+            session,
+            rt().settings,
+            _get(session, registration_id),
+            action="U",
+            requestor=audit.http_client(caller(), request.remote_addr),
+        )
     with rt().db.session() as session:
         body = registration_json(_get(session, registration_id))
     body["retry"] = sent

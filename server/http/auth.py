@@ -10,7 +10,10 @@ are audited. The token is never logged.
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
@@ -67,7 +70,45 @@ def authenticate(roles: tuple[Role, ...]) -> Principal:
         raise Forbidden(
             "this endpoint needs one of the roles: " + ", ".join(sorted(roles))
         )
+    if _first_use(token.strip()):
+        _audit_login(rt, principal)
     return principal
+
+
+_seen_lock = threading.Lock()
+_seen: OrderedDict[str, None] = OrderedDict()
+SEEN_TOKENS = 10_000
+
+
+def _first_use(token: str) -> bool:
+    """True the first time this process sees `token` (bounded memory)."""
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    with _seen_lock:
+        if digest in _seen:
+            _seen.move_to_end(digest)
+            return False
+        _seen[digest] = None
+        if len(_seen) > SEEN_TOKENS:
+            _seen.popitem(last=False)
+        return True
+
+
+def _audit_login(rt: Runtime, principal: Principal) -> None:
+    """User Authentication (110114): a bearer token used here for the first time.
+
+    With bearer tokens the login happens at the identity provider; SPIDERS
+    records the first request each token authenticates.
+    """
+    try:
+        with rt.db.session() as session:
+            audit.user_authentication(
+                session,
+                rt.settings,
+                user=principal.subject,
+                address=request.remote_addr,
+            )
+    except Exception:
+        logger.exception("user authentication not recorded")
 
 
 def _audit_refused(rt: Runtime, subject: str | None, reason: str) -> None:

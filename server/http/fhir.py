@@ -10,6 +10,7 @@ XML; Appointment cannot be updated yet.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any, cast
 
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
@@ -78,6 +79,7 @@ def read_patient(resource_id: str) -> Response:
         patient = session.get(Patient, resource_id)
         if patient is None:
             raise NotFound(f"Patient/{resource_id} is unknown")
+        audit.patient_read(session, rt().settings, patient, requestor=_requestor())
         return _fhir(patient.resource)
 
 
@@ -121,6 +123,7 @@ def read_appointment(resource_id: str) -> Response:
         registration = session.get(Registration, resource_id)
         if registration is None:
             raise NotFound(f"Appointment/{resource_id} is unknown")
+        audit_read(session, [registration])
         return _fhir(registration.resource)
 
 
@@ -138,6 +141,13 @@ def search_tasks() -> Response:
         )
     with rt().db.session() as session:
         rows = session.execute(query.order_by(Prefetch.created_at)).all()
+        read = {p.registration_id for p, _ in rows}
+        audit_read(
+            session,
+            session.scalars(
+                select(Registration).where(Registration.id.in_(read))
+            ).all(),
+        )
         entries = [
             {
                 "fullUrl": url_for("fhir.read_task", resource_id=p.id, _external=True),
@@ -166,7 +176,21 @@ def read_task(resource_id: str) -> Response:
             raise NotFound(f"Task/{resource_id} is unknown")
         registration = session.get(Registration, prefetch.registration_id)
         assert registration is not None
+        audit_read(session, [registration])
         return _fhir(task_resource(prefetch, registration.patient_id))
+
+
+def audit_read(session: Any, read: Sequence[Registration]) -> None:
+    """One Procedure Record (110111, R) per registration a response shows."""
+    requestor = _requestor()
+    for registration in read:
+        audit.registration_event(
+            session, rt().settings, registration, action="R", requestor=requestor
+        )
+
+
+def _requestor() -> Any:
+    return audit.http_client(caller(), request.remote_addr)
 
 
 def capability_statement() -> dict[str, Any]:

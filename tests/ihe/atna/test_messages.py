@@ -240,7 +240,7 @@ def test_patient_record_update_has_roles_patient_and_msh10() -> None:
     assert base64.b64decode(detail.get("value")) == b"MSG-0001"
 
 
-@pytest.mark.parametrize("action", ["C", "U", "D"])
+@pytest.mark.parametrize("action", ["C", "R", "U", "D"])
 def test_patient_record_without_name_uses_patient_id_and_validates(
     action: str,
 ) -> None:
@@ -261,7 +261,7 @@ def test_patient_record_without_name_uses_patient_id_and_validates(
     assert root.find("EventIdentification/EventTypeCode") is None
 
 
-@pytest.mark.parametrize("action", ["R", "E", "X", ""])
+@pytest.mark.parametrize("action", ["E", "X", ""])
 def test_patient_record_other_action_raises_value_error(action: str) -> None:
     with pytest.raises(ValueError, match="EventActionCode"):
         messages.patient_record(

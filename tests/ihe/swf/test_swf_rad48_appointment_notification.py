@@ -223,3 +223,29 @@ def test_c20_siu_ambiguous_or_skipped_local_time_refused_ae(
     assert ack.segment("ERR").raw(2) == "SCH^1^11^1^4"  # type: ignore[union-attr]
     with rt.db.session() as session:
         assert session.scalar(select(Registration)) is None
+
+
+def test_rad48_each_event_is_audited_as_a_procedure_record(
+    rt: Runtime, port: int
+) -> None:
+    from sqlalchemy import select
+
+    from server.models import AuditRecord
+
+    with Client(port) as mllp:
+        for control, event, when in (
+            ("A-1", "S12", "20250402143000"),
+            ("A-2", "S14", "20250402153000"),
+            ("A-3", "S15", "20250402153000"),
+        ):
+            ack = mllp.exchange(siu(control, event, "RDV5001", PID3, when))
+            assert ack.value("MSA-1") == "AA"
+    reg = registration(rt)
+    with rt.db.session() as session:
+        rows = session.scalars(
+            select(AuditRecord)
+            .where(AuditRecord.event_id == "110111")
+            .order_by(AuditRecord.id)
+        ).all()
+        assert [r.event_action for r in rows] == ["C", "U", "D"]
+        assert all(r.registration_id == reg.id for r in rows)
