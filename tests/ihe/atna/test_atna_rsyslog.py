@@ -196,3 +196,50 @@ def test_serve_delivers_start_and_stop_to_rsyslog(
     log = (tmp_path / "serve.log").read_text(encoding="utf-8")
     assert "audit delivery started" in log
     assert "Traceback" not in log
+
+
+def test_serve_repository_down_clinical_intake_unaffected_then_delivered(
+    tmp_path: Path, peer: RsyslogPeer, pki: Pki
+) -> None:
+    peer.stop()
+    sites = tmp_path / "sites.yaml"
+    sites.write_text(yaml.safe_dump({"sites": [], "consoles": []}), encoding="utf-8")
+    http_port = free_port()
+    env = server_env(
+        load_settings({}), tmp_path / "data", sites, http_port, free_port()
+    )
+    env.update(
+        {
+            "SPIDERS_AUDIT_REPOSITORIES": f"tls://127.0.0.1:{peer.tls_port}",
+            "SPIDERS_AUDIT_TLS_CA": str(pki.ca),
+            "SPIDERS_AUDIT_TLS_CERT": str(pki.client.cert),
+            "SPIDERS_AUDIT_TLS_KEY": str(pki.client.key),
+        }
+    )
+    server = Server(env, http_port, tmp_path / "serve.log")
+    try:
+        server.wait_ready()
+        started = time.monotonic()
+        status, _ = server.request(
+            "POST",
+            "/fhir/Patient",
+            {
+                "resourceType": "Patient",
+                "identifier": [{"system": "urn:oid:2.999.1.1", "value": "A77"}],
+            },
+        )
+        assert status == 201
+        # The feed is answered without waiting for the absent repository.
+        assert time.monotonic() - started < 5
+        time.sleep(3)  # a few delivery attempts fail meanwhile
+        peer.start()
+        xml = received_xml(peer.wait_for(peer.tls_file, 3, timeout=60))
+    finally:
+        assert server.stop() == 0
+    event_ids = [
+        etree.fromstring(x.encode()).find(".//EventID").get("csd-code") for x in xml
+    ]
+    # Application start, the token's first use, then the patient feed, in order.
+    assert event_ids[:3] == ["110100", "110114", "110110"]
+    log = (tmp_path / "serve.log").read_text(encoding="utf-8")
+    assert "Traceback" not in log
