@@ -17,9 +17,9 @@ the registration whose prefetch of that study runs (or ran last); a study
 received outside any prefetch belongs to no registration. Refused DICOM
 associations, refused HTTP requests and failed TLS handshakes are recorded as
 security alerts; the first request a bearer token authenticates is the User
-Authentication. Not audited yet: a C-STORE or C-MOVE the cache refuses (they
-are logged), and TLS failures on connections SPIDERS opens (to sites and audit
-repositories). SPIDERS deletes, exports and imports nothing yet, so 110105,
+Authentication; a C-STORE or C-MOVE the cache refuses is a security alert too.
+Not audited yet: TLS failures on connections SPIDERS opens (to sites and audit
+repositories), which are logged. SPIDERS deletes, exports and imports nothing yet, so 110105,
 110106 and 110107 have builders but no caller.
 """
 

@@ -98,13 +98,18 @@ def start_dicom(rt: Runtime) -> ThreadedAssociationServer:
         # pynetdicom's own context lists always name their abstract syntax.
         assert cx.abstract_syntax is not None
         ae.add_requested_context(cx.abstract_syntax)
-    storage = StorageSCP(rt.archive, on_association_done=_audit_delivery(rt))
+    storage = StorageSCP(
+        rt.archive,
+        on_association_done=_audit_delivery(rt),
+        on_refused=_audit_refused_request(rt),
+    )
     qr = QueryRetrieveSCP(
         rt.archive,
         settings.ae_title,
         _destination(rt),
         on_sent=audit.retrieve_sent(settings, rt.db),
         on_find=_audit_find(rt),
+        on_refused=_audit_refused_request(rt),
     )
     policy = caller_policy(rt)
     tls = None
@@ -334,6 +339,24 @@ def _destination(rt: Runtime) -> Any:
         return (console.host, console.port) if console else None
 
     return lookup
+
+
+def _audit_refused_request(rt: Runtime) -> Callable[[str, str, str], None]:
+    """Security Alert (110113, Use of Restricted Function) for a DIMSE request
+    the cache refused: a C-STORE it will not keep, a C-MOVE to an unknown AE."""
+
+    def write(calling_ae: str, address: str, what: str) -> None:
+        with rt.db.session() as session:
+            audit.security_alert(
+                session,
+                rt.settings,
+                alert_type=EventTypeCode.USE_OF_RESTRICTED_FUNCTION,
+                subject=f"dicom://{calling_ae}@{address}",
+                description=what,
+                peer=audit.peer_ae(calling_ae, address, requestor=True),
+            )
+
+    return write
 
 
 def _audit_find(rt: Runtime) -> Callable[[FindSummary], None]:

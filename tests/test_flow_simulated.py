@@ -255,6 +255,15 @@ def test_console_movescu_to_unknown_destination_refused_a801(flow: Flow) -> None
         "final move response (refused: movedestinationunknown)"
         in (proc.stdout + proc.stderr).lower()
     )
+    from tests.flow_support import audit_rows
+
+    alerts = [
+        xml
+        for event, _, xml in audit_rows(flow.root / "spiders")
+        if event == "110113" and f"dicom://{demo.CONSOLE_AE}@" in xml
+    ]
+    assert len(alerts) == 1
+    assert 'csd-code="110132"' in alerts[0]
 
 
 def test_console_getscu_retrieves_study(flow: Flow, tmp_path: Path) -> None:

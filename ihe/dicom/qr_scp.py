@@ -156,7 +156,9 @@ class QueryRetrieveSCP:
         move_destination: Callable[[str], tuple[Any, ...] | None],
         on_sent: Callable[[RetrieveSummary], None] | None = None,
         on_find: Callable[[FindSummary], None] | None = None,
+        on_refused: Callable[[str, str, str], None] | None = None,
     ) -> None:
+        self.on_refused = on_refused
         self.archive = archive
         self.ae_title = ae_title
         self.move_destination = move_destination
@@ -271,10 +273,21 @@ class QueryRetrieveSCP:
         """Resolve the destination, then yield the matching instances."""
         destination = self.move_destination(str(event.move_destination).strip())
         if destination is None:
+            unknown = str(event.move_destination).strip()
             logger.warning(
                 "C-MOVE to an unknown destination refused",
-                extra={"destination": str(event.move_destination).strip()},
+                extra={"destination": unknown},
             )
+            if self.on_refused is not None:
+                requestor = event.assoc.requestor
+                try:
+                    self.on_refused(
+                        str(requestor.ae_title).strip(),
+                        str(requestor.address),
+                        f"C-MOVE to unknown destination {unknown} refused",
+                    )
+                except Exception:
+                    logger.exception("reporting a refusal failed")
             yield None, None
             return
         yield destination

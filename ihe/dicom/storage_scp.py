@@ -78,9 +78,11 @@ class StorageSCP:
         self,
         archive: Archive,
         on_association_done: Callable[[AssociationSummary], None] | None = None,
+        on_refused: Callable[[str, str, str], None] | None = None,
     ) -> None:
         self.archive = archive
         self.on_association_done = on_association_done
+        self.on_refused = on_refused
         self._lock = threading.Lock()
         self._open: dict[int, dict[str, StudyDelivery]] = defaultdict(dict)
 
@@ -116,6 +118,7 @@ class StorageSCP:
             logger.warning(
                 "instance refused", extra={"reason": str(exc), "calling_ae": calling}
             )
+            _report(self.on_refused, calling, event, f"C-STORE refused: {exc}")
             return _failure(StoreStatus.CANNOT_UNDERSTAND, str(exc))
         except OSError as exc:
             logger.error("instance not stored: disk error", extra={"error": str(exc)})
@@ -174,6 +177,20 @@ class StorageSCP:
                 self.on_association_done(summary)
             except Exception:
                 logger.exception("audit of a storage association failed")
+
+
+def _report(
+    callback: Callable[[str, str, str], None] | None,
+    calling: str,
+    event: Event,
+    what: str,
+) -> None:
+    if callback is None:
+        return
+    try:
+        callback(calling, str(event.assoc.requestor.address), what)
+    except Exception:
+        logger.exception("reporting a refusal failed")
 
 
 def _failure(status: int, comment: str) -> Dataset:
