@@ -19,8 +19,8 @@ associations, refused HTTP requests and failed TLS handshakes are recorded as
 security alerts; the first request a bearer token authenticates is the User
 Authentication; a C-STORE or C-MOVE the cache refuses is a security alert too.
 Not audited yet: TLS failures on connections SPIDERS opens (to sites and audit
-repositories), which are logged. SPIDERS deletes, exports and imports nothing yet, so 110105,
-110106 and 110107 have builders but no caller.
+repositories), which are logged. SPIDERS deletes, exports and imports nothing
+yet, so 110105, 110106 and 110107 have builders but no caller.
 """
 
 from __future__ import annotations

@@ -90,8 +90,12 @@ def test_create_patient_links_identifiers_and_audits(
             ("2.999.1.1", "A1"),
         ]
         records = session.scalars(select(AuditRecord)).all()
-        assert [(r.event_id, r.event_action) for r in records] == [("110110", "C")]
-        assert_valid_audit(records[0].xml.encode())
+        # The token's first use (110114), then the feed itself.
+        assert [(r.event_id, r.event_action) for r in records] == [
+            ("110114", "E"),
+            ("110110", "C"),
+        ]
+        assert_valid_audit(records[1].xml.encode())
 
 
 def test_create_patient_again_with_new_identifier_updates_same_patient(
