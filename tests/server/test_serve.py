@@ -110,6 +110,17 @@ def test_serve_dicom_listener_admits_known_callers_only(tmp_path: Path) -> None:
         assert stranger.returncode == 1
         assert "Result: Rejected Permanent, Source: Service User" in stranger.stderr
         assert "Reason: Calling AE Title Not Recognized" in stranger.stderr
+        misaddressed = run_dcmtk(
+            "echoscu",
+            "-aet",
+            "CONSOLE",
+            "-aec",
+            "NOT_SPIDERS",
+            "127.0.0.1",
+            str(dicom_port),
+        )
+        assert misaddressed.returncode == 1
+        assert "Reason: Called AE Title Not Recognized" in misaddressed.stderr
         # Bytes that are no association request: refused, and the listener lives on.
         for junk in (b"GET / HTTP/1.1\r\n\r\n", b"\x01\x00" + b"\xff" * 64, b""):
             with socket.create_connection(("127.0.0.1", dicom_port), timeout=5) as sock:
