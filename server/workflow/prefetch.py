@@ -21,8 +21,8 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from sqlalchemy import update
-from sqlalchemy.orm import Session
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, aliased
 
 from ihe.dicom.archive import Archive
 from ihe.qr.rad16_retrieve_images import MoveOutcome, move_study
@@ -39,21 +39,52 @@ LOG_PREFETCH_DONE = "prefetch finished"
 MAX_ATTEMPTS = 3
 RETRY_BASE_SECONDS = 20
 RETRYABLE = frozenset({"association_aborted", "unable_to_process", "partial"})
+WAIT_FOR_TWIN_SECONDS = 5
 
 
 def claim(db: Database, prefetch_id: str) -> bool:
-    """Move a queued prefetch to running; False if another worker has it."""
+    """Move a queued prefetch to running; False if another worker has it.
+
+    A study already being retrieved for another registration is not asked for
+    twice at once: this prefetch goes back to ``scheduled`` for
+    :data:`WAIT_FOR_TWIN_SECONDS`, and then usually finds the study cached.
+    """
+    twin = aliased(Prefetch)
+    running_twin = (
+        select(twin.id)
+        .where(
+            twin.study_uid == Prefetch.study_uid,
+            twin.state == PrefetchState.RUNNING,
+            twin.id != Prefetch.id,
+        )
+        .exists()
+    )
     with db.session() as session:
         result = session.execute(
             update(Prefetch)
-            .where(Prefetch.id == prefetch_id, Prefetch.state == PrefetchState.QUEUED)
+            .where(
+                Prefetch.id == prefetch_id,
+                Prefetch.state == PrefetchState.QUEUED,
+                ~running_twin,
+            )
             .values(
                 state=PrefetchState.RUNNING,
                 started_at=utcnow(),
                 attempts=Prefetch.attempts + 1,
             )
         )
-        return bool(getattr(result, "rowcount", 0))
+        if getattr(result, "rowcount", 0):
+            return True
+        session.execute(
+            update(Prefetch)
+            .where(Prefetch.id == prefetch_id, Prefetch.state == PrefetchState.QUEUED)
+            .values(
+                state=PrefetchState.SCHEDULED,
+                due_at=utcnow() + timedelta(seconds=WAIT_FOR_TWIN_SECONDS),
+                reason="the study is being retrieved for another case",
+            )
+        )
+        return False
 
 
 def run(settings: Settings, db: Database, archive: Archive, prefetch_id: str) -> str:
@@ -63,6 +94,18 @@ def run(settings: Settings, db: Database, archive: Archive, prefetch_id: str) ->
         if prefetch is None:
             return "missing"
         site_name, study_uid = prefetch.site_name, prefetch.study_uid
+        expected = prefetch.expected_instances
+    held = archive.count_instances(study_uid)
+    if expected and held >= expected:
+        # Already cached (for another case, or by an earlier attempt).
+        with db.session() as session:
+            prefetch = session.get(Prefetch, prefetch_id)
+            if prefetch is None:
+                return "missing"
+            outcome = MoveOutcome("success", error_comment="already in the cache")
+            state = conclude(prefetch, outcome, held)
+            _log_done(prefetch, outcome)
+        return state
     try:
         site = settings.directory.site(site_name)
     except ConfigurationError as exc:

@@ -212,3 +212,71 @@ def test_running_prefetch_reports_what_the_cache_already_holds(
     body = client.get("/api/registrations/r1").get_json()
     prefetch = body["candidates"][0]["prefetch"]
     assert (prefetch["state"], prefetch["receivedInstances"]) == ("running", 4)
+
+
+def test_study_being_retrieved_for_another_case_not_asked_twice(rt: Runtime) -> None:
+    from server.workflow import prefetch as prefetch_workflow
+
+    seed(rt, PrefetchState.RUNNING)
+    with rt.db.session() as session:
+        reg = Registration(
+            id="r2", status="booked", patient_id="p1", board_id=None, discovery="done"
+        )
+        cand = Candidate(
+            site_name="a",
+            study_uid="1.2.3",
+            patient_id_at_site="A1",
+            modalities=["CT"],
+            selected=True,
+            selected_by="rule",
+        )
+        cand.prefetch = Prefetch(
+            id="f2",
+            registration_id="r2",
+            site_name="a",
+            study_uid="1.2.3",
+            due_at=datetime.now(UTC),
+            state=PrefetchState.QUEUED,
+        )
+        reg.candidates.append(cand)
+        session.add(reg)
+    assert not prefetch_workflow.claim(rt.db, "f2")
+    with rt.db.session() as session:
+        waiting = session.get(Prefetch, "f2")
+        assert waiting is not None
+        assert waiting.state == PrefetchState.SCHEDULED
+        assert waiting.reason == "the study is being retrieved for another case"
+        assert waiting.due_at > datetime.now(UTC)
+        session.get(Prefetch, "f1").state = PrefetchState.READY  # type: ignore[union-attr]
+        waiting.state = PrefetchState.QUEUED
+    assert prefetch_workflow.claim(rt.db, "f2")
+
+
+def test_study_already_cached_is_ready_without_a_retrieve(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from server.models import CachedInstance
+    from server.workflow import prefetch as prefetch_workflow
+
+    def no_move(**_: object) -> None:
+        raise AssertionError("the study was asked for again")
+
+    monkeypatch.setattr(prefetch_workflow, "move_study", no_move)
+    seed(rt, PrefetchState.QUEUED)
+    with rt.db.session() as session:
+        session.get(Prefetch, "f1").expected_instances = 3  # type: ignore[union-attr]
+        for n in range(3):
+            session.add(
+                CachedInstance(
+                    sop_instance_uid=f"1.2.3.{n}",
+                    sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+                    study_uid="1.2.3",
+                    series_uid="1.2.3.9",
+                    transfer_syntax="1.2.840.10008.1.2.1",
+                    path=f"x/{n}.dcm",
+                    size=1,
+                )
+            )
+    assert prefetch_workflow.claim(rt.db, "f1")
+    state = prefetch_workflow.run(rt.settings, rt.db, rt.archive, "f1")
+    assert state == PrefetchState.READY
