@@ -141,24 +141,6 @@ def patient_record(
     outbox.record(session, xml, patient_id=patient.id)
 
 
-def registration_created(
-    session: Session,
-    settings: Settings,
-    registration: Registration,
-    *,
-    user: str | None,
-    address: str | None,
-) -> None:
-    """Procedure Record (110111) created: a patient registered for a board."""
-    registration_event(
-        session,
-        settings,
-        registration,
-        action="C",
-        requestor=http_client(user, address),
-    )
-
-
 def registration_event(
     session: Session,
     settings: Settings,

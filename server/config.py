@@ -213,15 +213,37 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     )
 
 
+def _opt(env: dict[str, str], name: str) -> str | None:
+    """``SPIDERS_<name>``, stripped; ``None`` when unset or blank."""
+    return env.get(ENV_PREFIX + name, "").strip() or None
+
+
+def _path(env: dict[str, str], name: str) -> Path | None:
+    """``SPIDERS_<name>`` as an absolute path, if set."""
+    value = _opt(env, name)
+    return Path(value).resolve() if value else None
+
+
+def _flag(env: dict[str, str], name: str) -> bool:
+    """``SPIDERS_<name>`` read as a yes/no switch, off by default."""
+    return (_opt(env, name) or "false").lower() in TRUE_WORDS
+
+
+def _tls_pair(env: dict[str, str], prefix: str) -> tuple[Path | None, Path | None]:
+    """``SPIDERS_<prefix>_TLS_CERT`` and ``_KEY``, which go together."""
+    cert, key = _path(env, f"{prefix}_TLS_CERT"), _path(env, f"{prefix}_TLS_KEY")
+    if (cert is None) != (key is None):
+        raise ConfigurationError(
+            f"SPIDERS_{prefix}_TLS_CERT and SPIDERS_{prefix}_TLS_KEY go together"
+        )
+    return cert, key
+
+
 def _security(env: dict[str, str]) -> dict[str, Any]:
     """Token, TLS and caller settings (``SPIDERS_JWT_*``, ``*_TLS_*``)."""
 
     def opt(name: str) -> str | None:
-        return env.get(ENV_PREFIX + name, "").strip() or None
-
-    def path(name: str) -> Path | None:
-        value = opt(name)
-        return Path(value).resolve() if value else None
+        return _opt(env, name)
 
     keys, issuer = opt("JWT_KEYS"), opt("JWT_ISSUER")
     if keys and not issuer:
@@ -235,30 +257,21 @@ def _security(env: dict[str, str]) -> dict[str, Any]:
     )
     if any(a.lower() == "none" for a in algorithms):
         raise ConfigurationError("SPIDERS_JWT_ALGORITHMS may never include 'none'")
-    pairs = {
-        "HTTP": ("http_tls_cert", "http_tls_key"),
-        "DICOM": ("dicom_tls_cert", "dicom_tls_key"),
-    }
-    values: dict[str, Any] = {
+    http_cert, http_key = _tls_pair(env, "HTTP")
+    dicom_cert, dicom_key = _tls_pair(env, "DICOM")
+    return {
         "jwt_keys": keys,
         "jwt_issuer": issuer,
         "jwt_audience": opt("JWT_AUDIENCE") or "spiders",
         "jwt_roles_claim": opt("JWT_ROLES_CLAIM") or "roles",
         "jwt_algorithms": algorithms,
-        "dicom_tls_client_ca": path("DICOM_TLS_CLIENT_CA"),
-        "dicom_allow_unknown_callers": (
-            opt("DICOM_ALLOW_UNKNOWN_CALLERS") or "false"
-        ).lower()
-        in {"1", "true", "yes"},
+        "http_tls_cert": http_cert,
+        "http_tls_key": http_key,
+        "dicom_tls_cert": dicom_cert,
+        "dicom_tls_key": dicom_key,
+        "dicom_tls_client_ca": _path(env, "DICOM_TLS_CLIENT_CA"),
+        "dicom_allow_unknown_callers": _flag(env, "DICOM_ALLOW_UNKNOWN_CALLERS"),
     }
-    for prefix, (cert, key) in pairs.items():
-        values[cert] = path(f"{prefix}_TLS_CERT")
-        values[key] = path(f"{prefix}_TLS_KEY")
-        if (values[cert] is None) != (values[key] is None):
-            raise ConfigurationError(
-                f"SPIDERS_{prefix}_TLS_CERT and SPIDERS_{prefix}_TLS_KEY go together"
-            )
-    return values
 
 
 def _audit_settings(env: dict[str, str]) -> dict[str, Any]:
@@ -270,10 +283,7 @@ def _audit_settings(env: dict[str, str]) -> dict[str, Any]:
         )
     except ValueError as exc:
         raise ConfigurationError(f"SPIDERS_AUDIT_REPOSITORIES: {exc}") from exc
-    paths: dict[str, Path | None] = {}
-    for name in ("CA", "CERT", "KEY"):
-        value = env.get(f"{ENV_PREFIX}AUDIT_TLS_{name}", "").strip()
-        paths[name] = Path(value).resolve() if value else None
+    paths = {name: _path(env, f"AUDIT_TLS_{name}") for name in ("CA", "CERT", "KEY")}
     if any(r.scheme is Scheme.TLS for r in repositories):
         missing = [f"SPIDERS_AUDIT_TLS_{n}" for n, p in paths.items() if p is None]
         if missing:
@@ -304,11 +314,7 @@ def _mllp_settings(env: dict[str, str]) -> dict[str, Any]:
     """The HL7 v2 listener (``SPIDERS_MLLP_*``, ``SPIDERS_HL7_DEFAULT_CHARSET``)."""
 
     def opt(name: str) -> str | None:
-        return env.get(ENV_PREFIX + name, "").strip() or None
-
-    def path(name: str) -> Path | None:
-        value = opt(name)
-        return Path(value).resolve() if value else None
+        return _opt(env, name)
 
     charset = (opt("HL7_DEFAULT_CHARSET") or DEFAULT_HL7_CHARSET).upper()
     if charset not in HL7_CHARSETS:
@@ -316,12 +322,8 @@ def _mllp_settings(env: dict[str, str]) -> dict[str, Any]:
             f"SPIDERS_HL7_DEFAULT_CHARSET {charset!r} is not an MSH-18 value SPIDERS "
             f"reads ({', '.join(sorted(HL7_CHARSETS))})"
         )
-    cert, key = path("MLLP_TLS_CERT"), path("MLLP_TLS_KEY")
-    client_ca = path("MLLP_TLS_CLIENT_CA")
-    if (cert is None) != (key is None):
-        raise ConfigurationError(
-            "SPIDERS_MLLP_TLS_CERT and SPIDERS_MLLP_TLS_KEY go together"
-        )
+    cert, key = _tls_pair(env, "MLLP")
+    client_ca = _path(env, "MLLP_TLS_CLIENT_CA")
     if client_ca is not None and cert is None:
         raise ConfigurationError(
             "SPIDERS_MLLP_TLS_CLIENT_CA needs SPIDERS_MLLP_TLS_CERT and _KEY"
@@ -334,7 +336,7 @@ def _mllp_settings(env: dict[str, str]) -> dict[str, Any]:
             f"SPIDERS_MLLP_MAX_FRAME must be at least {MIN_MLLP_MAX_FRAME} bytes"
         )
     host = opt("MLLP_HOST") or "127.0.0.1"
-    insecure = (opt("MLLP_ALLOW_UNAUTHENTICATED") or "false").lower() in TRUE_WORDS
+    insecure = _flag(env, "MLLP_ALLOW_UNAUTHENTICATED")
     if not _is_loopback(host) and client_ca is None and not insecure:
         # MLLP carries no identity: off loopback, only client certificates say
         # who may feed the patient index and register cases.

@@ -10,12 +10,13 @@ XML; Appointment cannot be updated yet.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from typing import Any, cast
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar, cast
 
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from ihe.iua.roles import READERS, Role
 from ihe.pix import patient_index
@@ -89,26 +90,24 @@ def create_appointment() -> Response:
     """Register a patient for a tumour board."""
     body = _body()
     req = parse_appointment(body)
-    for attempt in range(RACE_RETRIES):
-        try:
-            with rt().db.session() as session:
-                done = registrations.register(session, req, body)
-                registration = done.registration
-                if done.created:
-                    audit.registration_created(
-                        session,
-                        rt().settings,
-                        registration,
-                        user=caller(),
-                        address=request.remote_addr,
-                    )
-                resource, reg_id = registration.resource, registration.id
-            break
-        except IntegrityError as exc:
-            # The same Appointment (or a new board) was stored by a concurrent
-            # request: run again, and find what it stored.
-            if attempt == RACE_RETRIES - 1:
-                raise Conflict("concurrent changes; send the request again") from exc
+
+    def store(session: Session) -> registrations.Registered:
+        done = registrations.register(session, req, body)
+        if done.created:
+            audit.registration_event(
+                session,
+                rt().settings,
+                done.registration,
+                action="C",
+                requestor=_requestor(),
+            )
+        return done
+
+    # The same Appointment (or a new board) stored by a concurrent request is
+    # found on the next attempt.
+    done = _with_race_retries(store)
+    registration = done.registration
+    resource, reg_id = registration.resource, registration.id
     if done.created and registration.discovery == "pending":
         tasks.dispatch_due()
     location = url_for("fhir.read_appointment", resource_id=reg_id)
@@ -250,29 +249,42 @@ def _feed_patient(resource_id: str | None) -> Response:
             [("Patient.id", "must equal the id in the URL")],
         )
     record = parse_patient(body)
+
+    def store(session: Session) -> patient_index.FeedResult:
+        result = patient_index.feed(session, record, body, resource_id)
+        patient = result.patient
+        patient.resource = registrations.stamp(body, patient.id, patient.version)
+        audit.patient_record(
+            session,
+            rt().settings,
+            patient,
+            action="C" if result.created else "U",
+            client=caller(),
+        )
+        return result
+
+    # A concurrent feed that stored one of these identifiers first is seen on
+    # the next attempt.
+    result = _with_race_retries(store)
+    resource, pid = result.patient.resource, result.patient.id
+    location = url_for("fhir.read_patient", resource_id=pid)
+    return _fhir(resource, 201 if result.created else 200, location)
+
+
+T = TypeVar("T")
+
+
+def _with_race_retries(work: Callable[[Session], T]) -> T:
+    """Run `work` in a transaction, again when a concurrent request made it
+    break a unique constraint; 409 after :data:`RACE_RETRIES` attempts."""
     for attempt in range(RACE_RETRIES):
         try:
             with rt().db.session() as session:
-                result = patient_index.feed(session, record, body, resource_id)
-                patient = result.patient
-                patient.resource = registrations.stamp(
-                    body, patient.id, patient.version
-                )
-                audit.patient_record(
-                    session,
-                    rt().settings,
-                    patient,
-                    action="C" if result.created else "U",
-                    client=caller(),
-                )
-                resource, pid = patient.resource, patient.id
-            break
+                return work(session)
         except IntegrityError as exc:
-            # A concurrent feed stored one of these identifiers first.
             if attempt == RACE_RETRIES - 1:
                 raise Conflict("concurrent changes; send the request again") from exc
-    location = url_for("fhir.read_patient", resource_id=pid)
-    return _fhir(resource, 201 if result.created else 200, location)
+    raise AssertionError("unreachable: the loop returns or raises")
 
 
 def _body() -> dict[str, Any]:
