@@ -118,7 +118,38 @@ def wait_for_port(
     raise TimeoutError(f"port {port} not open after {timeout} s\n{_tail(log)}")
 
 
-class OrthancPeer:
+class ManagedPeer:
+    """A peer process as a context manager: started on entry, always cleaned up
+    (even when starting fails), by :meth:`close`."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Stop the peer and release what it holds."""
+        self.stop()
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class OrthancPeer(ManagedPeer):
     """A private Orthanc with its own storage, DICOM and HTTP ports, on loopback.
 
     Parameters
@@ -150,23 +181,6 @@ class OrthancPeer:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_file: Any = None
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def pid(self) -> int | None:
@@ -301,7 +315,7 @@ class OrthancPeer:
         return json.loads(payload) if payload else None
 
 
-class StoreSCP:
+class StoreSCP(ManagedPeer):
     """dcmtk ``storescp`` on a free loopback port, writing what it receives to a folder.
 
     Use it as a console's C-MOVE destination.
@@ -315,23 +329,6 @@ class StoreSCP:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_file: Any = None
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def pid(self) -> int | None:

@@ -38,7 +38,7 @@ from typing import Self
 import pytest
 
 from ihe.tls import server_context
-from tests.peers import LOCALHOST, free_port, require, wait_for_port
+from tests.peers import LOCALHOST, ManagedPeer, free_port, require, wait_for_port
 from tests.tls_ca import Issued, TestCA
 
 RSYSLOG_BINARY = "rsyslogd"
@@ -79,7 +79,7 @@ def unescape(line: str) -> str:
     )
 
 
-class RsyslogPeer:
+class RsyslogPeer(ManagedPeer):
     """A private rsyslogd with a UDP and a mutual-TLS input on 127.0.0.1."""
 
     def __init__(self, pki: Pki) -> None:
@@ -89,23 +89,6 @@ class RsyslogPeer:
         self.workdir: Path | None = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._proc: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     @property
     def udp_file(self) -> Path:
