@@ -8,7 +8,6 @@ homonym has a study at the first site. Also covers ``spiders retrieve``.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -203,7 +202,7 @@ def test_orthanc_flow_audit_valid(orthanc_flow: OrthancFlow) -> None:
 def spiders_cli(
     flow: OrthancFlow, *args: str, ae_title: str = "SPIDERS"
 ) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SPIDERS_")}
+    env = demo.environ_without_settings()
     env.update(
         {
             "SPIDERS_DATA_DIR": str(flow.root / "spiders"),

@@ -366,11 +366,10 @@ def test_flow_logs_carry_no_patient_data(flow: Flow) -> None:
 
 
 def test_status_command_shows_each_case_ready(flow: Flow) -> None:
-    import os
     import subprocess
     import sys
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SPIDERS_")}
+    env = demo.environ_without_settings()
     env["SPIDERS_DATA_DIR"] = str(flow.root / "spiders")
     env["COLUMNS"] = "200"
     proc = subprocess.run(

@@ -207,6 +207,12 @@ def demo_token(env: dict[str, str]) -> str | None:
     )
 
 
+def environ_without_settings() -> dict[str, str]:
+    """This process's environment less every ``SPIDERS_`` setting, for a child
+    whose configuration is given explicitly."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("SPIDERS_")}
+
+
 def server_env(
     settings: Settings,
     data_dir: Path,
@@ -220,7 +226,7 @@ def server_env(
     The MLLP listener gets `mllp_port`, or a free port: the demo sends no HL7
     v2 and must not depend on 2575 being free.
     """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SPIDERS_")}
+    env = environ_without_settings()
     env.update(
         {
             "SPIDERS_DATA_DIR": str(data_dir),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from server.demo.run import environ_without_settings
 from tests.peers import free_port, run_dcmtk
 
 pytestmark = pytest.mark.peer
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.peer
 
 def test_demo_keep_running_serves_console_until_interrupted(tmp_path: Path) -> None:
     dicom_port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SPIDERS_")}
+    env = environ_without_settings()
     env.update(
         {
             "SPIDERS_DATA_DIR": str(tmp_path),

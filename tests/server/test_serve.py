@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from server.config import load_settings
-from server.demo.run import Server, server_env
+from server.demo.run import Server, environ_without_settings, server_env
 from tests.flow_support import assert_all_audit_valid
 from tests.peers import free_port, run_dcmtk
 
@@ -159,7 +159,7 @@ def test_token_command_mints_accepted_token_and_refuses_with_idp(
     from ihe.iua import dev_keys
     from ihe.iua.tokens import KeySet, TokenVerifier
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SPIDERS_")}
+    env = environ_without_settings()
     env["SPIDERS_DATA_DIR"] = str(tmp_path)
     cmd = [
         sys.executable,
