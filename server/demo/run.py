@@ -324,7 +324,8 @@ def run_demo(
         homonym_cached = _homonym_in_cache(root / "spiders", network)
         ok = _summary(console, final, homonym_cached)
         console.print(
-            f"the cases later: SPIDERS_DATA_DIR={root / 'spiders'} spiders status"
+            f"the cases later: SPIDERS_DATA_DIR={root / 'spiders'} "
+            f"{Path(sys.executable).parent / 'spiders'} status"
         )
         if keep_running:
             _wait_for_interrupt(console, server, settings.ae_title, dicom_port)
