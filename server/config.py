@@ -13,7 +13,17 @@ viewing consoles::
         host: 127.0.0.1
         port: 4242
         patient_id_domain: 2.999.1.1
-        retrieve: c-move
+        retrieve: c-move          # c-move | c-get | wado-rs
+        query: c-find             # c-find | qido-rs
+        query_model: study        # study | patient (root information model)
+        dicomweb:                 # for qido-rs and wado-rs
+          url: https://pacs.example/dicom-web
+          auth_header: Basic c3BpZGVyczpzZWNyZXQ=
+        max_associations: 2       # at once, across every worker
+        timeout: 30               # seconds, per network operation
+        maintenance: ["Sun 01:00-05:00", "02:30-03:00"]   # site's local time
+        timezone: Europe/Paris
+        bandwidth_mbps: 200       # cap on what one retrieve may take
     consoles:
       - name: salle-rcp
         ae_title: RCP_CONSOLE
@@ -22,9 +32,9 @@ viewing consoles::
 
 Limitations
 -----------
-Only the ``c-move`` retrieve method is accepted for now; association limits and
-maintenance windows per site are not configurable yet. The audit TLS files are
-checked when the sender starts, not here.
+The audit TLS files are checked when the sender starts, not here. A DICOMweb
+``auth_header`` is read from the sites file as written; keep that file readable
+by the service account only.
 """
 
 from __future__ import annotations
@@ -33,8 +43,10 @@ import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
+from datetime import datetime, time
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
@@ -49,9 +61,39 @@ ENV_PREFIX = "SPIDERS_"
 DEFAULT_MLLP_MAX_FRAME = 10 * 1024 * 1024
 MIN_MLLP_MAX_FRAME = 4096
 DEFAULT_HL7_CHARSET = "UNICODE UTF-8"
-RETRIEVE_METHODS = frozenset({"c-move"})
+RETRIEVE_METHODS = frozenset({"c-move", "c-get", "wado-rs"})
+QUERY_METHODS = frozenset({"c-find", "qido-rs"})
+QUERY_MODELS = frozenset({"study", "patient"})
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_WINDOW = re.compile(
+    r"^(?:(?P<days>[a-z]{3}(?:-[a-z]{3})?(?:,[a-z]{3}(?:-[a-z]{3})?)*)\s+)?"
+    r"(?P<start>\d{1,2}:\d{2})-(?P<end>\d{1,2}:\d{2})$"
+)
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
 _OID = re.compile(r"^[0-2](\.(0|[1-9][0-9]*))+$")
+
+
+@dataclass(frozen=True)
+class MaintenanceWindow:
+    """A weekly period when a site must not be queried or retrieved from.
+
+    ``days`` holds ISO weekday numbers (Monday is 1); a window whose end is
+    before its start runs past midnight into the next day.
+    """
+
+    days: frozenset[int]
+    start: time
+    end: time
+
+    def covers(self, moment: datetime) -> bool:
+        """True when `moment` (in the site's time zone) falls in this window."""
+        now, day = moment.time(), moment.isoweekday()
+        if self.start <= self.end:
+            return day in self.days and self.start <= now < self.end
+        previous = 7 if day == 1 else day - 1
+        return (day in self.days and now >= self.start) or (
+            previous in self.days and now < self.end
+        )
 
 
 @dataclass(frozen=True)
@@ -64,7 +106,15 @@ class Site:
     port: int
     patient_id_domain: str
     retrieve: str = "c-move"
+    query: str = "c-find"
+    query_model: str = "study"
+    dicomweb_url: str | None = None
+    dicomweb_auth_header: str | None = None
+    max_associations: int = 2
     timeout: float = 30.0
+    maintenance: tuple[MaintenanceWindow, ...] = ()
+    timezone: str = "Europe/Paris"
+    bandwidth_mbps: float | None = None
     tls_ca: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -73,6 +123,11 @@ class Site:
     def tls(self) -> bool:
         """True when associations with this site use TLS."""
         return self.tls_ca is not None
+
+    def in_maintenance(self, moment: datetime) -> bool:
+        """True when `moment` (aware) falls in one of the site's windows."""
+        local = moment.astimezone(ZoneInfo(self.timezone))
+        return any(window.covers(local) for window in self.maintenance)
 
 
 @dataclass(frozen=True)
@@ -383,13 +438,29 @@ def _site(item: Any, index: int) -> Site:
     domain = str(data["patient_id_domain"]).removeprefix("urn:oid:")
     if not _OID.match(domain):
         raise ConfigurationError(f"{where}.patient_id_domain must be an OID")
-    retrieve = str(data.get("retrieve", "c-move")).lower()
-    if retrieve not in RETRIEVE_METHODS:
-        raise ConfigurationError(
-            f"{where}.retrieve {retrieve!r} is not supported "
-            f"(choose from {', '.join(sorted(RETRIEVE_METHODS))})"
-        )
+    retrieve = _choice(data, "retrieve", "c-move", RETRIEVE_METHODS, where)
+    query = _choice(data, "query", "c-find", QUERY_METHODS, where)
     _check_ae_title(str(data["ae_title"]), f"{where}.ae_title")
+    dicomweb = _site_dicomweb(data.get("dicomweb"), where)
+    for method in (retrieve, query):
+        if method in {"wado-rs", "qido-rs"} and dicomweb["dicomweb_url"] is None:
+            raise ConfigurationError(f"{where}: {method} needs dicomweb.url")
+    max_associations = _int(
+        data.get("max_associations", 2), f"{where}.max_associations"
+    )
+    if max_associations < 1:
+        raise ConfigurationError(f"{where}.max_associations must be 1 or more")
+    timeout = _float(data.get("timeout", 30), f"{where}.timeout")
+    if timeout <= 0:
+        raise ConfigurationError(f"{where}.timeout must be above 0")
+    bandwidth = data.get("bandwidth_mbps")
+    bandwidth_mbps = (
+        None
+        if bandwidth in (None, "")
+        else _float(bandwidth, f"{where}.bandwidth_mbps")
+    )
+    if bandwidth_mbps is not None and bandwidth_mbps <= 0:
+        raise ConfigurationError(f"{where}.bandwidth_mbps must be above 0")
     return Site(
         name=str(data["name"]),
         ae_title=str(data["ae_title"]),
@@ -397,9 +468,106 @@ def _site(item: Any, index: int) -> Site:
         port=_int(data["port"], f"{where}.port"),
         patient_id_domain=domain,
         retrieve=retrieve,
-        timeout=_float(data.get("timeout", 30), f"{where}.timeout"),
+        query=query,
+        query_model=_choice(data, "query_model", "study", QUERY_MODELS, where),
+        max_associations=max_associations,
+        timeout=timeout,
+        maintenance=_windows(data.get("maintenance"), where),
+        timezone=_timezone(data.get("timezone", "Europe/Paris"), where),
+        bandwidth_mbps=bandwidth_mbps,
+        dicomweb_url=dicomweb["dicomweb_url"],
+        dicomweb_auth_header=dicomweb["dicomweb_auth_header"],
         **_site_tls(data.get("tls"), where),
     )
+
+
+def _choice(
+    data: dict[str, Any], key: str, default: str, allowed: frozenset[str], where: str
+) -> str:
+    value = str(data.get(key) or default).strip().lower()
+    if value not in allowed:
+        raise ConfigurationError(
+            f"{where}.{key} {value!r} is not supported "
+            f"(choose from {', '.join(sorted(allowed))})"
+        )
+    return value
+
+
+def _site_dicomweb(value: Any, where: str) -> dict[str, str | None]:
+    """``dicomweb: {url: ..., auth_header: ...}``: the service root and the
+    ``Authorization`` header value sent with every request, if any."""
+    if value in (None, False):
+        return {"dicomweb_url": None, "dicomweb_auth_header": None}
+    if not isinstance(value, dict) or not value.get("url"):
+        raise ConfigurationError(f"{where}.dicomweb needs 'url'")
+    url = str(value["url"]).rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise ConfigurationError(f"{where}.dicomweb.url must be an http(s) URL")
+    header = value.get("auth_header")
+    return {
+        "dicomweb_url": url,
+        "dicomweb_auth_header": str(header) if header else None,
+    }
+
+
+def _windows(value: Any, where: str) -> tuple[MaintenanceWindow, ...]:
+    """``["Sun 01:00-05:00", "mon-fri 12:00-13:00", "23:00-01:00"]``."""
+    if value in (None, ""):
+        return ()
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list):
+        raise ConfigurationError(f"{where}.maintenance must be a list of windows")
+    windows = []
+    for item in items:
+        match = _WINDOW.match(str(item).strip().lower())
+        if match is None:
+            raise ConfigurationError(
+                f"{where}.maintenance {item!r} is not a window "
+                "(like 'Sun 01:00-05:00' or '23:00-01:00')"
+            )
+        windows.append(
+            MaintenanceWindow(
+                days=_days(match["days"], where),
+                start=_clock(match["start"], where),
+                end=_clock(match["end"], where),
+            )
+        )
+    return tuple(windows)
+
+
+def _days(text: str | None, where: str) -> frozenset[int]:
+    if not text:
+        return frozenset(range(1, 8))
+    days: set[int] = set()
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        if first not in DAYS or (last and last not in DAYS):
+            raise ConfigurationError(f"{where}.maintenance: unknown day in {part!r}")
+        start, end = DAYS.index(first), DAYS.index(last or first)
+        span = (
+            range(start, end + 1)
+            if start <= end
+            else [*range(start, 7), *range(end + 1)]
+        )
+        days.update(i + 1 for i in span)
+    return frozenset(days)
+
+
+def _clock(text: str, where: str) -> time:
+    hours, minutes = (int(x) for x in text.split(":"))
+    if hours > 24 or minutes > 59 or (hours == 24 and minutes):
+        raise ConfigurationError(f"{where}.maintenance: {text!r} is not a time")
+    return time(0, 0) if hours == 24 else time(hours, minutes)
+
+
+def _timezone(value: Any, where: str) -> str:
+    try:
+        ZoneInfo(str(value))
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ConfigurationError(
+            f"{where}.timezone {value!r} is not a known time zone"
+        ) from exc
+    return str(value)
 
 
 def _site_tls(value: Any, where: str) -> dict[str, Path | None]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -115,6 +117,31 @@ consoles:
             " {name: a, ae_title: B, host: h, port: 1, patient_id_domain: 1.3}]",
             "duplicate site name 'a'",
         ),
+        (
+            "sites: [{name: a, ae_title: A, host: h, port: 1, patient_id_domain: 1.2,"
+            " retrieve: wado-rs}]",
+            "sites[0]: wado-rs needs dicomweb.url",
+        ),
+        (
+            "sites: [{name: a, ae_title: A, host: h, port: 1, patient_id_domain: 1.2,"
+            " query_model: series}]",
+            "query_model 'series' is not supported",
+        ),
+        (
+            "sites: [{name: a, ae_title: A, host: h, port: 1, patient_id_domain: 1.2,"
+            " max_associations: 0}]",
+            "max_associations must be 1 or more",
+        ),
+        (
+            "sites: [{name: a, ae_title: A, host: h, port: 1, patient_id_domain: 1.2,"
+            " maintenance: ['Sunday 1h']}]",
+            "is not a window",
+        ),
+        (
+            "sites: [{name: a, ae_title: A, host: h, port: 1, patient_id_domain: 1.2,"
+            " timezone: Mars/Olympus}]",
+            "is not a known time zone",
+        ),
         ("- just a list", "must be a mapping"),
         ("sites: [unclosed", "cannot read sites file"),
     ],
@@ -153,3 +180,56 @@ def test_mllp_off_loopback_allowed_when_operator_says_so() -> None:
         {"SPIDERS_MLLP_HOST": "0.0.0.0", "SPIDERS_MLLP_ALLOW_UNAUTHENTICATED": "true"}
     )
     assert settings.mllp_host == "0.0.0.0"
+
+
+def test_load_directory_reads_transport_and_limits(tmp_path: Path) -> None:
+    settings = load_settings(
+        sites_file(
+            tmp_path,
+            "sites: [{name: a, ae_title: A, host: h, port: 1, patient_id_domain: 1.2,"
+            " retrieve: WADO-RS, query: qido-rs, query_model: patient,"
+            " dicomweb: {url: 'http://127.0.0.1:8042/dicom-web/',"
+            " auth_header: Basic eDp5}, max_associations: 3, bandwidth_mbps: 50,"
+            " maintenance: ['sat-sun 01:00-05:00', '23:30-00:30']}]",
+        )
+    )
+    site = settings.directory.site("a")
+    assert (site.retrieve, site.query, site.query_model) == (
+        "wado-rs",
+        "qido-rs",
+        "patient",
+    )
+    assert site.dicomweb_url == "http://127.0.0.1:8042/dicom-web"
+    assert site.dicomweb_auth_header == "Basic eDp5"
+    assert (site.max_associations, site.bandwidth_mbps) == (3, 50.0)
+    paris = ZoneInfo("Europe/Paris")
+    # Saturday 2026-12-05 02:00 in Paris: inside the weekend window.
+    assert site.in_maintenance(datetime(2026, 12, 5, 2, 0, tzinfo=paris))
+    # Friday 02:00: outside it.
+    assert not site.in_maintenance(datetime(2026, 12, 4, 2, 0, tzinfo=paris))
+    # A window across midnight holds on both sides of it, every day.
+    assert site.in_maintenance(datetime(2026, 12, 2, 23, 45, tzinfo=paris))
+    assert site.in_maintenance(datetime(2026, 12, 3, 0, 15, tzinfo=paris))
+    assert not site.in_maintenance(datetime(2026, 12, 3, 0, 30, tzinfo=paris))
+    # Windows are the site's local time: 01:30 UTC is 02:30 in Paris.
+    assert site.in_maintenance(datetime(2026, 12, 5, 1, 30, tzinfo=UTC))
+
+
+def test_load_directory_site_defaults_are_dimse_study_root(tmp_path: Path) -> None:
+    settings = load_settings(
+        sites_file(
+            tmp_path,
+            "sites: [{name: a, ae_title: A, host: h, port: 1, patient_id_domain: 1.2}]",
+        )
+    )
+    site = settings.directory.site("a")
+    assert (site.retrieve, site.query, site.query_model) == (
+        "c-move",
+        "c-find",
+        "study",
+    )
+    assert (site.max_associations, site.maintenance, site.bandwidth_mbps) == (
+        2,
+        (),
+        None,
+    )
