@@ -7,8 +7,11 @@ masked ``_birthDate``, are legal and map to empty values.
 Limitations
 -----------
 Only the first ``official`` (or, failing that, first) name is the used name and
-the first ``maiden`` name the birth name; addresses, telecoms and the FR Core
-identity-reliability extension are not read yet.
+the first ``maiden`` name the birth name. The FR Core identity-reliability
+extension gives the INS identity status and attributes (HL7 France table
+0445 codes, as in PID-32); the birth place is the INSEE code of the
+``patient-birthPlace`` address when it has one, else its text or city.
+Addresses and telecoms are kept only in the stored resource.
 """
 
 from __future__ import annotations
@@ -27,6 +30,39 @@ from mappings.names import to_dicom_pn
 from server.errors import InvalidResource
 
 MAX_IDENTIFIER = 128  # the index's column width; HL7 CX.1 allows less
+RELIABILITY_URL = (
+    "https://hl7.fr/ig/fhir/core/StructureDefinition/fr-core-identity-reliability"
+)
+BIRTH_PLACE_URL = "http://hl7.org/fhir/StructureDefinition/patient-birthPlace"
+INSEE_CODE_URL = (
+    "https://hl7.fr/ig/fhir/core/StructureDefinition/fr-core-address-insee-code"
+)
+# RNIV identity status (exclusive) and attributes: HL7 France table 0445,
+# as in PID-32 and the FR Core identity-reliability extension.
+IDENTITY_STATUS = frozenset({"PROV", "RECUP", "VALI", "QUAL"})
+IDENTITY_ATTRIBUTES = frozenset(
+    {
+        "DOUT",
+        "FICT",
+        "HOMA",
+        "VIDE",
+        "DOUB",
+        "DESA",
+        "DPOT",
+        "DOUA",
+        "COLP",
+        "COLV",
+        "FILI",
+        "CACH",
+        "ANOM",
+        "IDVER",
+        "RECD",
+        "IDRA",
+        "USUR",
+        "HOMD",
+        "INVA",
+    }
+)
 
 # FHIR administrative gender → HL7 table 0001 and DICOM (0010,0040).
 GENDER_TO_SEX = {"male": "M", "female": "F", "other": "O", "unknown": "U"}
@@ -47,6 +83,8 @@ class PatientRecord:
     # RNIV identity status and attributes (HL7 PID-32); None: not sent.
     identity_status: str | None = None
     identity_attributes: tuple[str, ...] | None = None
+    # PID-23 / patient-birthPlace: an INSEE code when sent, else a place name.
+    birth_place: str | None = None
 
 
 def parse_patient(data: Any) -> PatientRecord:
@@ -71,6 +109,7 @@ def parse_patient(data: Any) -> PatientRecord:
         ) from exc
     identifiers = _identifiers(patient)
     family, given, birth_family = _names(patient)
+    status, attributes = _reliability(data)
     return PatientRecord(
         identifiers=identifiers,
         family=family,
@@ -78,6 +117,9 @@ def parse_patient(data: Any) -> PatientRecord:
         birth_family=birth_family,
         birth_date=_birth_date(patient),
         sex=GENDER_TO_SEX.get(patient.gender or ""),
+        identity_status=status,
+        identity_attributes=attributes,
+        birth_place=_birth_place(data),
     )
 
 
@@ -187,4 +229,74 @@ def _birth_date(patient: FhirPatient) -> date | None:
     value = patient.birthDate
     if isinstance(value, date):
         return value
+    return None
+
+
+def _reliability(data: dict[str, Any]) -> tuple[str | None, tuple[str, ...] | None]:
+    """FR Core identity reliability: (status, attributes); (None, None) if absent."""
+    found = [
+        ext
+        for ext in data.get("extension") or []
+        if isinstance(ext, dict) and ext.get("url") == RELIABILITY_URL
+    ]
+    if not found:
+        return None, None
+    status: str | None = None
+    attributes: list[str] = []
+    for index, ext in enumerate(found):
+        for code in _codes(ext):
+            where = f"Patient.extension[{index}]"
+            if code in IDENTITY_STATUS:
+                if status not in (None, code):
+                    raise InvalidResource(
+                        "the Patient carries two identity statuses",
+                        [(where, f"identity status {code} after {status}")],
+                    )
+                status = code
+            elif code in IDENTITY_ATTRIBUTES:
+                if code not in attributes:
+                    attributes.append(code)
+            else:
+                raise InvalidResource(
+                    f"identity reliability code {code!r} is unknown",
+                    [(where, "codes come from HL7 France table 0445")],
+                )
+    return status, tuple(attributes)
+
+
+def _codes(ext: dict[str, Any]) -> list[str]:
+    """Every coding code in an extension and its sub-extensions."""
+    codes = []
+    coding = ext.get("valueCoding")
+    if isinstance(coding, dict) and coding.get("code"):
+        codes.append(str(coding["code"]).strip().upper())
+    concept = ext.get("valueCodeableConcept")
+    if isinstance(concept, dict):
+        for item in concept.get("coding") or []:
+            if isinstance(item, dict) and item.get("code"):
+                codes.append(str(item["code"]).strip().upper())
+    for sub in ext.get("extension") or []:
+        if isinstance(sub, dict) and sub.get("url") in (
+            "identityStatus",
+            "identityReliability",
+            "identityAttribute",
+        ):
+            codes.extend(_codes(sub))
+    return codes
+
+
+def _birth_place(data: dict[str, Any]) -> str | None:
+    for ext in data.get("extension") or []:
+        if not isinstance(ext, dict) or ext.get("url") != BIRTH_PLACE_URL:
+            continue
+        address = ext.get("valueAddress")
+        if not isinstance(address, dict):
+            return None
+        for sub in address.get("extension") or []:
+            if isinstance(sub, dict) and sub.get("url") == INSEE_CODE_URL:
+                coding = sub.get("valueCoding")
+                if isinstance(coding, dict) and coding.get("code"):
+                    return str(coding["code"])[:128]
+        text = address.get("text") or address.get("city")
+        return str(text)[:128] if text else None
     return None

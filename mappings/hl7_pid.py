@@ -29,7 +29,12 @@ from typing import Any
 
 from ihe.hl7v2.codes import ErrorCode
 from ihe.hl7v2.er7 import Message, Repetition, Segment, component
-from mappings.fhir_patient import SEX_TO_GENDER, PatientRecord
+from mappings.fhir_patient import (
+    IDENTITY_ATTRIBUTES,
+    IDENTITY_STATUS,
+    SEX_TO_GENDER,
+    PatientRecord,
+)
 from mappings.hl7_types import Cx, parse_cx, parse_date
 from mappings.identifiers import authority_to_system
 from server.errors import MessageError
@@ -37,31 +42,6 @@ from server.errors import MessageError
 V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
 # HL7 table 0001 → the patient index's sex codes.
 SEX = {"F": "F", "M": "M", "O": "O", "U": "U", "A": "O", "N": "U"}
-# RNIV identity status (exclusive) and attributes (FR table of PID-32).
-IDENTITY_STATUS = frozenset({"PROV", "RECUP", "VALI", "QUAL"})
-IDENTITY_ATTRIBUTES = frozenset(
-    {
-        "DOUT",
-        "FICT",
-        "HOMA",
-        "VIDE",
-        "DOUB",
-        "DESA",
-        "DPOT",
-        "DOUA",
-        "COLP",
-        "COLV",
-        "FILI",
-        "CACH",
-        "ANOM",
-        "IDVER",
-        "RECD",
-        "IDRA",
-        "USUR",
-        "HOMD",
-        "INVA",
-    }
-)
 USED_NAME = "D"
 BIRTH_NAME_TYPES = ("L", "B", "M")
 # PID-5.7 name type → FHIR HumanName.use, as FR Core reads PAM France.
@@ -120,6 +100,7 @@ def read_pid(msg: Message) -> PidPatient:
         sex=_sex(pid.value(8)),
         identity_status=status,
         identity_attributes=attributes,
+        birth_place=_birth_place(pid),
     )
     return PidPatient(record, cxs, names)
 
@@ -274,3 +255,14 @@ def _reliability(pid: Segment) -> tuple[str | None, tuple[str, ...] | None]:
                 where,
             )
     return status, tuple(attributes)
+
+
+def _birth_place(pid: Segment) -> str | None:
+    """The INSEE code of the PID-11 address of type BDL, else PID-23 as text."""
+    for rep in pid.repetitions(11):
+        if component(rep, 7).strip().upper() == "BDL":
+            code = component(rep, 9).strip()
+            if code:
+                return code[:128]
+    text = pid.value(23).strip()
+    return text[:128] or None

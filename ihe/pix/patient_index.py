@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from ihe.pdq.patient_search import fold_name
 from mappings.fhir_patient import PatientRecord
 from mappings.identifiers import Identifier
 from server.errors import IdentityError, UnknownReference
@@ -251,6 +252,10 @@ def _apply(
     patient.birth_family_name = record.birth_family
     patient.birth_date = record.birth_date
     patient.sex = record.sex
+    patient.birth_place = record.birth_place or patient.birth_place
+    patient.family_fold = fold_name(record.family)
+    patient.birth_family_fold = fold_name(record.birth_family)
+    patient.given_fold = fold_name(" ".join(record.given))
     if record.identity_status is not None:
         patient.ins_status = record.identity_status
     if record.identity_attributes is not None:

@@ -1,6 +1,7 @@
 """Database models: the nouns of SPIDERS.
 
-``Patient`` and ``PatientIdentifier`` form the patient index; ``Board`` and
+``Patient``, ``PatientIdentifier`` and ``PatientHistory`` form the patient
+index; ``Board`` and
 ``Registration`` the tumour-board cases; ``SiteQuery`` and ``Candidate`` what
 discovery found; ``Prefetch`` one study's retrieve; ``CachedInstance`` what the
 cache holds; ``Hl7Message`` every HL7 v2 message received and its
@@ -17,7 +18,7 @@ from server.models.audit import (
 from server.models.base import Base, new_id, utcnow
 from server.models.cache import CachedInstance
 from server.models.hl7 import Hl7Message, Hl7Outcome
-from server.models.patient import Patient, PatientIdentifier
+from server.models.patient import Patient, PatientHistory, PatientIdentifier
 from server.models.registration import (
     Board,
     Candidate,
@@ -39,6 +40,7 @@ __all__ = [
     "Hl7Message",
     "Hl7Outcome",
     "Patient",
+    "PatientHistory",
     "PatientIdentifier",
     "Prefetch",
     "PrefetchState",
