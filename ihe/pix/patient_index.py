@@ -1,9 +1,21 @@
 """The PIX Manager's cross-reference: linking identifiers from authoritative feeds.
 
-Identifiers are linked only when one authoritative message carries them
-together (a Patient identity feed with several identifiers). Names and birth
-dates never link two records: two patients with the same name and birth date
-stay two patients.
+Identifiers are linked only on authoritative evidence:
+
+* one feed carries them together (an ADT with several PID-3 repetitions, a
+  FHIR Patient with several identifiers); or
+* they share an INS whose identity status is VALI or QUAL (a qualified
+  national identity, checked against the INSi teleservice).
+
+An INS with another status (PROV, RECUP) or on an identity marked fictitious
+(FICT) or doubtful (DOUT) is kept on the patient as sent
+(``Patient.ins_value``) but links nothing. A fictitious or doubtful identity
+is never linked automatically at all: a feed that would add an identifier of
+another domain to such a patient, or create one with identifiers from several
+domains, is refused; joining such records takes an explicit merge. An INS
+that links to a patient whose birth date or sex differs from the feed's is
+refused as an identity collision. Names and birth dates never link two
+records: two patients with the same name and birth date stay two patients.
 
 A feed whose identifiers already belong to one patient updates that patient
 and adds the new identifiers. A feed whose identifiers belong to two
@@ -14,15 +26,15 @@ A merge (ITI-8/ITI-30 A40, :func:`merge`) moves the absorbed patient's
 identifiers and registrations to the survivor and leaves the absorbed patient
 inactive; a self-merge and the inverse of a merge already made are refused,
 and a merge sent again changes nothing. An identifier change (A47,
-:func:`change_identifier`) renames one identifier within its domain.
+:func:`change_identifier`) renames one identifier within its domain. Every
+merge, link and change is written to the patient's history.
 
 Limitations
 -----------
 A merge cannot be undone (no A37 unlink), and a merge of two identifiers that
-a feed already linked to one patient is refused rather than taken as done. The
-identity status and attributes (PID-32) are stored as sent; an INS still
-links only when it travels with a local identifier in the same message, and
-nothing yet refuses a merge of a fictitious or doubtful identity.
+a feed already linked to one patient is refused rather than taken as done. An
+explicit merge (A40) is trusted even for a fictitious or doubtful identity:
+it is a human decision at the sending system.
 """
 
 from __future__ import annotations
@@ -38,7 +50,7 @@ from ihe.pdq.patient_search import fold_name
 from mappings.fhir_patient import PatientRecord
 from mappings.identifiers import Identifier
 from server.errors import IdentityError, UnknownReference
-from server.models import Patient, PatientIdentifier, Registration
+from server.models import Patient, PatientHistory, PatientIdentifier, Registration
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +58,10 @@ LOG_PATIENT_CREATED = "patient created in the index"
 LOG_PATIENT_UPDATED = "patient updated in the index"
 LOG_PATIENTS_MERGED = "patients merged in the index"
 LOG_IDENTIFIER_CHANGED = "patient identifier changed in the index"
+LOG_INS_HELD = "INS kept without linking"
+# RNIV identity statuses under which an INS links records (qualified identity).
+TRUSTED_INS_STATUSES = frozenset({"VALI", "QUAL"})
+UNLINKABLE_ATTRIBUTES = frozenset({"FICT", "DOUT"})
 
 
 @dataclass(frozen=True)
@@ -126,6 +142,10 @@ def merge(
     )
     absorbed.active = False
     absorbed.merged_into = survivor.id
+    survivor.history.append(PatientHistory(kind="merged", other_patient_id=absorbed.id))
+    absorbed.history.append(
+        PatientHistory(kind="absorbed", other_patient_id=survivor.id)
+    )
     absorbed.version += 1
     survivor.version += 1
     session.flush()
@@ -159,6 +179,14 @@ def change_identifier(session: Session, old: Identifier, new: Identifier) -> Pat
     else:
         row.value = new.value
         row.type_code = new.type_code or row.type_code
+    patient.history.append(
+        PatientHistory(
+            kind="identifier-changed",
+            system=old.system,
+            old_value=old.value,
+            new_value=new.value,
+        )
+    )
     patient.version += 1
     session.flush()
     logger.info(LOG_IDENTIFIER_CHANGED, extra={"patient": patient.id})
@@ -187,11 +215,14 @@ def feed(
     Raises
     ------
     IdentityError
-        The identifiers belong to different patients, or `patient_id` names a
-        patient other than the one the identifiers belong to.
+        The identifiers belong to different patients, `patient_id` names a
+        patient other than the one the identifiers belong to, a fictitious or
+        doubtful identity would be linked, or the INS collides with a patient
+        of another birth date or sex.
     """
     _check_one_per_domain(record)
-    owners = {p.id: p for i in record.identifiers if (p := find_patient(session, i))}
+    linking = linking_identifiers(record)
+    owners = {p.id: p for i in linking if (p := find_patient(session, i))}
     if patient_id is not None:
         existing = session.get(Patient, patient_id)
         if existing is not None:
@@ -201,10 +232,13 @@ def feed(
             "these identifiers belong to different patients; joining them is a merge"
         )
     patient = next(iter(owners.values()), None)
+    _check_ins_collision(session, record, linking)
+    _check_unlinkable(record, linking, patient)
     created = patient is None
     if patient is None:
         patient = Patient(id=patient_id) if patient_id else Patient()
         session.add(patient)
+        patient.history.append(PatientHistory(kind="created"))
     elif patient_id is not None and patient.id != patient_id:
         raise IdentityError(
             f"these identifiers belong to Patient/{patient.id}, "
@@ -212,13 +246,32 @@ def feed(
         )
     else:
         patient.version += 1
-    _apply(patient, record, resource)
+    _apply(patient, record, resource, linking, created=created)
     session.flush()
     logger.info(
         LOG_PATIENT_CREATED if created else LOG_PATIENT_UPDATED,
         extra={"patient": patient.id},
     )
     return FeedResult(patient, created)
+
+
+def linking_identifiers(record: PatientRecord) -> list[Identifier]:
+    """The identifiers of `record` that may link it to other records.
+
+    Local identifiers always do (the feed carries them together); an INS
+    does only under a trusted status and on an identity that is neither
+    fictitious nor doubtful.
+    """
+    return [i for i in record.identifiers if not i.is_ins or ins_links(record)]
+
+
+def ins_links(record: PatientRecord) -> bool:
+    """True when the record's INS may link patients (VALI or QUAL, no FICT/DOUT)."""
+    attributes = set(record.identity_attributes or ())
+    return (
+        record.identity_status in TRUSTED_INS_STATUSES
+        and not attributes & UNLINKABLE_ATTRIBUTES
+    )
 
 
 def _row(session: Session, ident: Identifier) -> PatientIdentifier | None:
@@ -244,8 +297,58 @@ def _check_one_per_domain(record: PatientRecord) -> None:
         seen[ident.system] = ident.value
 
 
+def _check_ins_collision(
+    session: Session, record: PatientRecord, linking: list[Identifier]
+) -> None:
+    """Refuse an INS link to a patient whose birth date or sex differs."""
+    for ident in linking:
+        if not ident.is_ins:
+            continue
+        holder = find_patient(session, ident)
+        if holder is None:
+            continue
+        if (
+            record.birth_date is not None
+            and holder.birth_date is not None
+            and record.birth_date != holder.birth_date
+        ) or (
+            record.sex in {"M", "F"}
+            and holder.sex in {"M", "F"}
+            and record.sex != holder.sex
+        ):
+            raise IdentityError(
+                "the INS belongs to a patient of another birth date or sex: "
+                "identity collision, nothing was linked"
+            )
+
+
+def _check_unlinkable(
+    record: PatientRecord, linking: list[Identifier], patient: Patient | None
+) -> None:
+    """A fictitious or doubtful identity never joins identifiers of two domains."""
+    attributes = set(record.identity_attributes or ())
+    doubtful = bool(attributes & UNLINKABLE_ATTRIBUTES) or (
+        patient is not None and patient.fictitious_or_doubtful
+    )
+    if not doubtful:
+        return
+    domains = {i.system for i in linking}
+    if patient is not None:
+        domains |= {i.system for i in patient.identifiers}
+    if len(domains) > 1:
+        raise IdentityError(
+            "a fictitious or doubtful identity is not linked automatically: "
+            "send each domain's identifier on its own and merge once checked"
+        )
+
+
 def _apply(
-    patient: Patient, record: PatientRecord, resource: dict[str, object]
+    patient: Patient,
+    record: PatientRecord,
+    resource: dict[str, object],
+    linking: list[Identifier],
+    *,
+    created: bool,
 ) -> None:
     patient.family_name = record.family
     patient.given_names = " ".join(record.given) or None
@@ -260,8 +363,9 @@ def _apply(
         patient.ins_status = record.identity_status
     if record.identity_attributes is not None:
         patient.identity_attributes = list(record.identity_attributes)
+    _keep_ins(patient, record)
     known = {(i.system, i.value) for i in patient.identifiers}
-    for ident in record.identifiers:
+    for ident in linking:
         if (
             ident.system in {i.system for i in patient.identifiers}
             and (ident.system, ident.value) not in known
@@ -275,4 +379,36 @@ def _apply(
                     system=ident.system, value=ident.value, type_code=ident.type_code
                 )
             )
+            if not created:
+                patient.history.append(
+                    PatientHistory(
+                        kind="linked", system=ident.system, new_value=ident.value
+                    )
+                )
     patient.resource = resource
+
+
+def _keep_ins(patient: Patient, record: PatientRecord) -> None:
+    """Keep the INS as sent; unlink a linked INS whose status is no longer trusted."""
+    ins = next((i for i in record.identifiers if i.is_ins), None)
+    if ins is None:
+        return
+    patient.ins_system, patient.ins_value = ins.system, ins.value
+    if ins_links(record):
+        return
+    for row in list(patient.identifiers):
+        if row.system == ins.system:
+            patient.identifiers.remove(row)
+    patient.history.append(
+        PatientHistory(
+            kind="ins-held",
+            system=ins.system,
+            detail=f"status {record.identity_status or 'none'}"
+            + (
+                f", attributes {','.join(record.identity_attributes)}"
+                if record.identity_attributes
+                else ""
+            ),
+        )
+    )
+    logger.info(LOG_INS_HELD, extra={"patient": patient.id})

@@ -156,3 +156,65 @@ def test_parse_appointment_patient_by_identifier() -> None:
 def test_parse_appointment_not_an_appointment_refused(body: Any) -> None:
     with pytest.raises(InvalidResource):
         parse_appointment(body)
+
+
+def _reliable_patient(
+    *codes: str, place: dict[str, object] | None = None
+) -> dict[str, object]:
+    extension: list[dict[str, object]] = [
+        {
+            "url": "https://hl7.fr/ig/fhir/core/StructureDefinition/"
+            "fr-core-identity-reliability",
+            "extension": [
+                {"url": "identityStatus", "valueCoding": {"code": code}}
+                for code in codes
+            ],
+        }
+    ]
+    if place is not None:
+        extension.append(
+            {
+                "url": "http://hl7.org/fhir/StructureDefinition/patient-birthPlace",
+                "valueAddress": place,
+            }
+        )
+    return {
+        "resourceType": "Patient",
+        "identifier": [{"system": "urn:oid:2.999.1.1", "value": "A1"}],
+        "extension": extension,
+    }
+
+
+def test_parse_patient_fr_core_reliability_status_and_attributes() -> None:
+    record = parse_patient(_reliable_patient("VALI", "HOMA"))
+    assert (record.identity_status, record.identity_attributes) == ("VALI", ("HOMA",))
+
+
+def test_parse_patient_two_statuses_refused() -> None:
+    with pytest.raises(InvalidResource) as caught:
+        parse_patient(_reliable_patient("VALI", "PROV"))
+    assert "two identity statuses" in str(caught.value)
+
+
+def test_parse_patient_unknown_reliability_code_refused() -> None:
+    with pytest.raises(InvalidResource) as caught:
+        parse_patient(_reliable_patient("SURE"))
+    assert "'SURE'" in str(caught.value)
+
+
+def test_parse_patient_birth_place_insee_code_preferred_to_text() -> None:
+    insee = {
+        "extension": [
+            {
+                "url": "https://hl7.fr/ig/fhir/core/StructureDefinition/"
+                "fr-core-address-insee-code",
+                "valueCoding": {"code": "35238"},
+            }
+        ],
+        "text": "Rennes",
+    }
+    assert parse_patient(_reliable_patient("PROV", place=insee)).birth_place == "35238"
+    text_only = {"city": "Rennes"}
+    assert parse_patient(_reliable_patient("PROV", place=text_only)).birth_place == (
+        "Rennes"
+    )

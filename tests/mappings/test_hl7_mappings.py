@@ -135,3 +135,25 @@ def test_read_orders_c08b_order_to_dicom() -> None:
     assert ds.RequestedProcedureDescription == "Scanner abdominal"
     assert ds.PlacerOrderNumberImagingServiceRequest == "CMD-0008"
     assert "StudyInstanceUID" not in ds
+
+
+@pytest.mark.parametrize(
+    ("pid11", "pid23", "expected"),
+    [
+        ("1 rue X^^Rennes^^35000^FRA^H~^^Brest^^^FRA^BDL^^29019", "", "29019"),
+        ("", "Quimper", "Quimper"),
+        ("", "", None),
+    ],
+)
+def test_read_pid_birth_place_bdl_insee_code_then_pid23(
+    pid11: str, pid23: str, expected: str | None
+) -> None:
+    fields = ["PID", "1", "", "A1^^^CH_X&2.999.1.1&ISO^PI", "", "DOE^Jane", ""]
+    fields += ["19700101", "F", "", "", pid11] + [""] * 11 + [pid23]
+    raw = (
+        "MSH|^~\\&|GAM|CH_X|SPIDERS|SPIDERS|20250317090000||ADT^A28^ADT_A05|C1|P|2.5\r"
+        + "|".join(fields)
+        + "\r"
+    ).encode()
+    pid = hl7_pid.read_pid(er7.parse_bytes(raw, "UNICODE UTF-8"))
+    assert pid.record.birth_place == expected

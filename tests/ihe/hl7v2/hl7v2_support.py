@@ -115,13 +115,20 @@ def adt(
     name: str = "TEST^Patient^^^^^L",
     extra: str = "",
     sender: str = "GAM|CHU_BELLEVAL",
+    reliability: str = "",
+    birth_date: str = "19700101",
+    sex: str = "F",
 ) -> bytes:
-    """An ADT message (UTF-8) feeding one patient; `extra` adds segments."""
+    """An ADT message (UTF-8) feeding one patient; `extra` adds segments.
+
+    `reliability` is PID-32 (identity status and attributes, ``VALI~HOMA``).
+    """
+    pid32 = "|" * 24 + reliability if reliability else ""
     segments = [
         f"MSH|^~\\&|{sender}|SPIDERS|SPIDERS|20250317090000||ADT^{event}^ADT_A05|"
         f"{control_id}|P|2.5|||||FRA|UNICODE UTF-8",
         "EVN||20250317090000",
-        f"PID|1||{pid3}||{name}||19700101|F",
+        f"PID|1||{pid3}||{name}||{birth_date}|{sex}{pid32}",
         *([extra] if extra else []),
     ]
     return ("\r".join(segments) + "\r").encode("utf-8")

@@ -243,15 +243,16 @@ def test_c06_every_pid3_repetition_kept_and_primary_by_authority(
     with listening(rt) as port, Client(port) as client:
         assert client.exchange(raw).value("MSA-1") == "AA"
     with rt.db.session() as session:
-        patient = patient_index.find_patient(
-            session, Identifier("1.2.250.1.213.1.4.8", "279089912300175")
-        )
+        patient = patient_index.find_patient(session, Identifier("2.999.1.2", "778899"))
         assert patient is not None
-        assert [i.value for i in patient.identifiers] == [
-            "40000127",
+        # The two local IPPs travel together: linked. The INS has no identity
+        # status (no PID-32): kept as sent, but it links nothing.
+        assert [i.value for i in patient.identifiers] == ["40000127", "778899"]
+        assert (patient.ins_system, patient.ins_value) == (
+            "1.2.250.1.213.1.4.8",
             "279089912300175",
-            "778899",
-        ]
+        )
+        assert patient.ins_status is None
 
 
 def test_c07a_self_merge_refused_with_err_mrg_205_patient_unchanged(

@@ -88,8 +88,10 @@ def test_iti8_identifiers_of_two_patients_refused_ae_205(
 ) -> None:
     with Client(port) as client:
         client.exchange(adt("A28-1", IPP_A))
-        client.exchange(adt("A28-2", INS))
-        ack = client.exchange(adt("A08-1", f"{IPP_A}~{INS}", event="A08"))
+        client.exchange(adt("A28-2", INS, reliability="VALI"))
+        ack = client.exchange(
+            adt("A08-1", f"{IPP_A}~{INS}", event="A08", reliability="VALI")
+        )
     assert (ack.value("MSA-1"), ack.value("ERR-3")) == ("AE", "205")
     assert err_location(ack) == "PID^1^3"
 

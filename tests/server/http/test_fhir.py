@@ -20,9 +20,31 @@ C22 = "fhir/C22-patient-primitive-extensions-without-value.json"
 FHIR = "application/fhir+json"
 
 
+RELIABILITY = (
+    "https://hl7.fr/ig/fhir/core/StructureDefinition/fr-core-identity-reliability"
+)
+
+
+def qualified(status: str = "VALI") -> dict[str, Any]:
+    """The FR Core identity-reliability extension with `status`."""
+    return {
+        "url": RELIABILITY,
+        "extension": [
+            {
+                "url": "identityStatus",
+                "valueCoding": {
+                    "system": "https://hl7.fr/ig/fhir/core/CodeSystem/fr-core-cs-v2-0445",
+                    "code": status,
+                },
+            }
+        ],
+    }
+
+
 def patient_body(local: str = "A1", ins: str = "158037512345678") -> dict[str, Any]:
     return {
         "resourceType": "Patient",
+        "extension": [qualified()],
         "identifier": [
             {"system": "urn:oid:1.2.250.1.213.1.4.8", "value": ins},
             {"system": "urn:oid:2.999.1.1", "value": local},

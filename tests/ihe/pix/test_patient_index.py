@@ -1,0 +1,184 @@
+"""Linking rules of the patient index: what may join two records, and what not."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import pytest
+from sqlalchemy import select
+
+from ihe.pix import patient_index
+from mappings.fhir_patient import PatientRecord
+from mappings.identifiers import INS_NIR, Identifier
+from server.errors import IdentityError
+from server.models import Patient, PatientHistory
+from server.runtime import Runtime
+
+SITE_A, SITE_B, SITE_C = "2.999.1.1", "2.999.1.2", "2.999.1.3"
+NIR = "279089912300175"
+
+
+def record(
+    *identifiers: Identifier,
+    status: str | None = None,
+    attributes: tuple[str, ...] | None = None,
+    birth: date = date(1979, 8, 22),
+    sex: str = "F",
+) -> PatientRecord:
+    return PatientRecord(
+        identifiers=identifiers,
+        family="FAURE",
+        given=("Hélène",),
+        birth_date=birth,
+        sex=sex,
+        identity_status=status,
+        identity_attributes=attributes,
+    )
+
+
+def ins() -> Identifier:
+    return Identifier(INS_NIR, NIR, "INS")
+
+
+def feed(rt: Runtime, rec: PatientRecord) -> str:
+    with rt.db.session() as session:
+        patient_id = patient_index.feed(session, rec, {}).patient.id
+        session.commit()
+    return patient_id
+
+
+def patients(rt: Runtime) -> int:
+    with rt.db.session() as session:
+        return len(list(session.scalars(select(Patient))))
+
+
+@pytest.mark.parametrize("status", ["VALI", "QUAL"])
+def test_feed_trusted_ins_links_two_sites_local_ids(rt: Runtime, status: str) -> None:
+    first = feed(rt, record(Identifier(SITE_A, "A1"), ins(), status=status))
+    second = feed(rt, record(Identifier(SITE_B, "B1"), ins(), status=status))
+    assert first == second
+    with rt.db.session() as session:
+        patient = session.get(Patient, first)
+        assert patient is not None
+        assert [(i.system, i.value) for i in patient.identifiers] == [
+            (SITE_A, "A1"),
+            (INS_NIR, NIR),
+            (SITE_B, "B1"),
+        ]
+        assert [h.kind for h in patient.history] == ["created", "linked"]
+
+
+@pytest.mark.parametrize("status", ["PROV", "RECUP", None])
+def test_feed_untrusted_ins_links_nothing(rt: Runtime, status: str | None) -> None:
+    first = feed(rt, record(Identifier(SITE_A, "A1"), ins(), status=status))
+    second = feed(rt, record(Identifier(SITE_B, "B1"), ins(), status=status))
+    assert first != second
+    with rt.db.session() as session:
+        for patient_id in (first, second):
+            patient = session.get(Patient, patient_id)
+            assert patient is not None
+            assert patient.ins_value == NIR
+            assert INS_NIR not in {i.system for i in patient.identifiers}
+
+
+@pytest.mark.parametrize("attribute", ["FICT", "DOUT"])
+def test_feed_fictitious_or_doubtful_ins_never_links(
+    rt: Runtime, attribute: str
+) -> None:
+    first = feed(rt, record(Identifier(SITE_A, "A1"), ins(), status="VALI"))
+    second = feed(
+        rt,
+        record(Identifier(SITE_B, "B1"), ins(), status="VALI", attributes=(attribute,)),
+    )
+    assert first != second
+
+
+@pytest.mark.parametrize("attribute", ["FICT", "DOUT"])
+def test_feed_fictitious_identity_with_two_domains_refused(
+    rt: Runtime, attribute: str
+) -> None:
+    with rt.db.session() as session, pytest.raises(IdentityError) as caught:
+        patient_index.feed(
+            session,
+            record(
+                Identifier(SITE_A, "A1"),
+                Identifier(SITE_B, "B1"),
+                attributes=(attribute,),
+            ),
+            {},
+        )
+    assert "not linked automatically" in str(caught.value)
+    assert patients(rt) == 0
+
+
+def test_feed_fictitious_patient_gains_no_other_domain(rt: Runtime) -> None:
+    feed(rt, record(Identifier(SITE_A, "A1"), attributes=("FICT",)))
+    with rt.db.session() as session, pytest.raises(IdentityError):
+        patient_index.feed(
+            session, record(Identifier(SITE_A, "A1"), Identifier(SITE_C, "C1")), {}
+        )
+    with rt.db.session() as session:
+        row = patient_index.find_patient(session, Identifier(SITE_C, "C1"))
+        assert row is None
+
+
+@pytest.mark.parametrize(
+    ("birth", "sex"), [(date(1979, 8, 23), "F"), (date(1979, 8, 22), "M")]
+)
+def test_feed_ins_collision_on_birth_date_or_sex_refused(
+    rt: Runtime, birth: date, sex: str
+) -> None:
+    feed(rt, record(Identifier(SITE_A, "A1"), ins(), status="VALI"))
+    with rt.db.session() as session, pytest.raises(IdentityError) as caught:
+        patient_index.feed(
+            session,
+            record(
+                Identifier(SITE_B, "B1"), ins(), status="VALI", birth=birth, sex=sex
+            ),
+            {},
+        )
+    assert "identity collision" in str(caught.value)
+    assert patients(rt) == 1
+
+
+def test_feed_status_downgrade_unlinks_the_ins(rt: Runtime) -> None:
+    first = feed(rt, record(Identifier(SITE_A, "A1"), ins(), status="VALI"))
+    again = feed(rt, record(Identifier(SITE_A, "A1"), ins(), status="PROV"))
+    assert again == first
+    later = feed(rt, record(Identifier(SITE_B, "B1"), ins(), status="VALI"))
+    assert later != first
+    with rt.db.session() as session:
+        kinds = session.scalars(
+            select(PatientHistory.kind).where(PatientHistory.patient_id == first)
+        )
+        assert list(kinds) == ["created", "ins-held"]
+
+
+def test_name_and_birth_date_alone_never_link(rt: Runtime) -> None:
+    first = feed(rt, record(Identifier(SITE_A, "A1")))
+    second = feed(rt, record(Identifier(SITE_B, "B1")))
+    assert first != second
+
+
+def test_merge_and_change_are_in_the_history(rt: Runtime) -> None:
+    survivor = feed(rt, record(Identifier(SITE_A, "A1")))
+    absorbed = feed(rt, record(Identifier(SITE_A, "A2")))
+    with rt.db.session() as session:
+        patient_index.merge(session, Identifier(SITE_A, "A1"), Identifier(SITE_A, "A2"))
+        patient_index.change_identifier(
+            session, Identifier(SITE_A, "A1"), Identifier(SITE_A, "A9")
+        )
+        session.commit()
+    with rt.db.session() as session:
+        rows = session.scalars(select(PatientHistory).order_by(PatientHistory.id))
+        events = [
+            (h.patient_id, h.kind, h.other_patient_id, h.old_value, h.new_value)
+            for h in rows
+        ]
+    assert events == [
+        (survivor, "created", None, None, None),
+        (absorbed, "created", None, None, None),
+        (survivor, "merged", absorbed, None, None),
+        (absorbed, "absorbed", survivor, None, None),
+        (survivor, "identifier-changed", None, "A1", "A9"),
+    ]
