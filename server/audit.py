@@ -30,7 +30,7 @@ import os
 import socket
 import ssl
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -54,6 +54,13 @@ from server.errors import ConfigurationError
 from server.models import Candidate, Patient, Prefetch, PrefetchState, Registration
 
 logger = logging.getLogger(__name__)
+
+# A person's decision on a study flagged by identity vigilance, written as the
+# event type of a Procedure Record update (no standard code names it).
+IDENTITY_REVIEW = {
+    "confirm": Code("identity-confirmed", "SPIDERS", "Flagged study confirmed"),
+    "reject": Code("identity-rejected", "SPIDERS", "Flagged study rejected"),
+}
 
 RAD14 = EventTypeCode.RAD_14.code
 RAD16 = EventTypeCode.RAD_16.code
@@ -192,6 +199,36 @@ def patient_read(
     outbox.record(session, xml, patient_id=patient.id)
 
 
+def patient_query(
+    session: Session,
+    settings: Settings,
+    *,
+    transaction: Code | CodedEnum,
+    query_id: str,
+    query: bytes,
+    requestor: messages.Participant,
+    patients: Sequence[Patient] = (),
+    outcome: int = 0,
+) -> None:
+    """Query (110112) answered: an ITI-78 PDQm or ITI-83 PIXm query.
+
+    One patient object per patient returned; the record is filed under the
+    patient when there is exactly one.
+    """
+    xml = messages.patient_query(
+        transaction=transaction,
+        query_id=query_id,
+        query=query,
+        source=requestor,
+        destination=us(settings),
+        audit_source=audit_source(settings),
+        patients=[(_patient_object_id(p), patient_name(p)) for p in patients],
+        outcome=outcome,
+    )
+    only = patients[0].id if len(patients) == 1 else None
+    outbox.record(session, xml, patient_id=only)
+
+
 def hl7_sender(sender: str, peer: str) -> messages.Participant:
     """An HL7 v2 sender (MSH-3|MSH-4) as the requesting participant."""
     return messages.Participant(
@@ -199,6 +236,46 @@ def hl7_sender(sender: str, peer: str) -> messages.Participant:
         is_requestor=True,
         network_access_point=peer or None,
     )
+
+
+def hl7_query(
+    session: Session,
+    settings: Settings,
+    *,
+    transaction: Code | CodedEnum,
+    sender: str,
+    peer: str,
+    receiver: str,
+    message_id: str,
+    query: bytes,
+    query_id: str,
+    patients: Sequence[Patient],
+    outcome: int,
+) -> None:
+    """Query (110112) answered: an HL7 v2 PIX (ITI-9) or PDQ (ITI-21) query.
+
+    `sender` is ``MSH-3|MSH-4`` of the query, `receiver` its ``MSH-5|MSH-6``
+    (SPIDERS as the sender addressed it), `query` the QPD segment as received.
+    """
+    destination = messages.Participant(
+        user_id=receiver,
+        alternative_user_id=str(os.getpid()),
+        user_name=APPLICATION_NAME,
+        network_access_point=settings.mllp_host,
+    )
+    xml = messages.hl7_query(
+        transaction=transaction,
+        query=query,
+        query_id=query_id,
+        source=hl7_sender(sender, peer),
+        destination=destination,
+        audit_source=audit_source(settings),
+        message_id=message_id or None,
+        patients=[(patient_cx(p), patient_name(p)) for p in patients if p.identifiers],
+        outcome=outcome,
+    )
+    outcome_patient = patients[0].id if len(patients) == 1 else None
+    outbox.record(session, xml, patient_id=outcome_patient)
 
 
 def console_query(
@@ -515,6 +592,11 @@ def _audit_tls_context(settings: Settings) -> ssl.SSLContext:
         return client_context(ca, cert, key)
     except OSError as exc:
         raise ConfigurationError(f"audit TLS files unusable: {exc}") from exc
+
+
+def _patient_object_id(patient: Patient) -> str:
+    """The patient's CX, or its resource reference when it has no identifier."""
+    return patient_cx(patient) if patient.identifiers else f"Patient/{patient.id}"
 
 
 def _registration_patient(session: Session, registration_id: str | None) -> str | None:

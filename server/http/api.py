@@ -1,4 +1,5 @@
-"""JSON API for coordinators and the dashboard: registrations and selection."""
+"""JSON API for coordinators and the dashboard: registrations, selection and
+the event feed (``GET /api/events?since=<id>``)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from server.http.auth import caller, requires
 from server.http.fhir import audit_read
 from server.models import Registration, utcnow
 from server.runtime import Runtime
-from server.workflow import selection
-from server.workflow.status import registration_json
+from server.workflow import events, selection, vigilance
+from server.workflow.deadlines import deadline
+from server.workflow.status import registration_json as _registration_json
 
 bp = Blueprint("api", __name__)
 
@@ -92,6 +94,56 @@ def put_selection(registration_id: str) -> Response:
     return jsonify(body_out)
 
 
+@bp.post("/registrations/<registration_id>/candidates/<int:candidate_id>/review")
+@requires(Role.CLINICIAN, Role.RADIOLOGIST)
+def post_review(registration_id: str, candidate_id: int) -> Response:
+    """Confirm or reject a study flagged by identity vigilance.
+
+    Body: ``{"decision": "confirm" | "reject", "note": "why"}``. A confirmed
+    study may then be selected (and is, if the rule wants it); a rejected one
+    never is. The decision is audited with the person who made it.
+    """
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError as exc:
+        raise InputError("the body is nested too deeply") from exc
+    decision = body.get("decision") if isinstance(body, dict) else None
+    note = body.get("note") if isinstance(body, dict) else None
+    if decision not in ("confirm", "reject") or not isinstance(note, str | None):
+        raise InputError(
+            'expected {"decision": "confirm" | "reject", "note": "..."}',
+            [("decision", "confirm or reject"), ("note", "optional text")],
+        )
+    with rt().db.session() as session:
+        session.execute(
+            update(Registration)
+            .where(Registration.id == registration_id)
+            .values(updated_at=utcnow())
+        )
+        registration = _get(session, registration_id)
+        candidate = next(
+            (c for c in registration.candidates if c.id == candidate_id), None
+        )
+        if candidate is None:
+            raise NotFound(f"no candidate {candidate_id} in this registration")
+        vigilance.review(candidate, decision=decision, by=f"user:{caller()}", note=note)
+        if decision == "confirm":
+            selection.auto_select(rt().settings, registration)
+            selection.schedule(rt().settings, registration)
+        audit.registration_event(
+            session,
+            rt().settings,
+            registration,
+            action="U",
+            requestor=audit.http_client(caller(), request.remote_addr),
+            event_type=audit.IDENTITY_REVIEW[decision],
+        )
+        session.flush()
+        body_out = registration_json(registration)
+    tasks.dispatch_due()
+    return jsonify(body_out)
+
+
 @bp.post("/registrations/<registration_id>/retry")
 @requires(Role.COORDINATOR, Role.CLINICIAN)
 def post_retry(registration_id: str) -> Response:
@@ -117,6 +169,44 @@ def post_retry(registration_id: str) -> Response:
     response = jsonify(body)
     response.status_code = 202
     return response
+
+
+@bp.get("/events")
+@requires(Role.COORDINATOR, Role.CLINICIAN, Role.SYSTEM)
+def list_events() -> Response:
+    """Events after ``since`` (an event id, default 0), oldest first.
+
+    ``limit`` caps the answer (default 100, at most 500); ``next`` is the id
+    to send as ``since`` for what comes after.
+    """
+    since = _int_arg("since", 0)
+    limit = _int_arg("limit", 100)
+    with rt().db.session() as session:
+        rows = events.feed(session, since=since, limit=limit)
+        body = {
+            "events": [events.event_json(e) for e in rows],
+            "next": rows[-1].id if rows else since,
+        }
+    return jsonify(body)
+
+
+def registration_json(registration: Registration) -> dict[str, Any]:
+    """A registration as the API shows it, with its prefetch deadline."""
+    return _registration_json(
+        registration, deadline=deadline(rt().settings, registration)
+    )
+
+
+def _int_arg(name: str, default: int) -> int:
+    value = request.args.get(name)
+    if value is None or value == "":
+        return default
+    if not (value.isascii() and value.isdigit()) or len(value) > 18:
+        raise InputError(
+            f"{name} must be a non-negative integer",
+            [(name, "a non-negative integer")],
+        )
+    return int(value)
 
 
 def _get(session: Any, registration_id: str) -> Registration:

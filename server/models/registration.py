@@ -3,7 +3,8 @@
 A :class:`Registration` is one patient registered for one board meeting (an
 FHIR Appointment). Discovery records one :class:`SiteQuery` per site and one
 :class:`Candidate` per study found; selecting a candidate creates its
-:class:`Prefetch`, the retrieve of that study into the cache.
+:class:`Prefetch`, the retrieve of that study into the cache, and each
+:class:`PrefetchSeries` the count of one series the site announced for it.
 """
 
 from __future__ import annotations
@@ -81,6 +82,10 @@ class Registration(Base):
     updated_at: Mapped[datetime] = mapped_column(
         UTCDateTime, default=utcnow, onupdate=utcnow
     )
+    # Set once the prefetch deadline passed and the case was checked; the
+    # reason is set only when the case was late then.
+    late_checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    late_reason: Mapped[str | None] = mapped_column(Text)
 
     patient: Mapped[Patient] = relationship()
     board: Mapped[Board | None] = relationship()
@@ -139,6 +144,15 @@ class Candidate(Base):
     selected: Mapped[bool] = mapped_column(Boolean, default=False)
     selected_by: Mapped[str | None] = mapped_column(String(64))
     warning: Mapped[str | None] = mapped_column(Text)
+    # A person's decision on a flagged study: pending, confirmed or rejected.
+    review: Mapped[str | None] = mapped_column(String(16))
+    reviewed_by: Mapped[str | None] = mapped_column(String(64))
+    reviewed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    review_note: Mapped[str | None] = mapped_column(Text)
+    # Other sites holding the same Study Instance UID: [{"site", "instances"}].
+    also_at: Mapped[list[dict[str, object]] | None] = mapped_column(JSON)
+    # Named by an order or appointment hint (accession number or study UID).
+    hinted: Mapped[bool | None] = mapped_column(Boolean)
 
     registration: Mapped[Registration] = relationship(back_populates="candidates")
     prefetch: Mapped[Prefetch | None] = relationship(
@@ -168,5 +182,43 @@ class Prefetch(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The worker running it and until when its lease holds; an expired lease
+    # means the worker stopped and another one may resume the retrieve.
+    worker: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Not ready when its registration's deadline passed.
+    late: Mapped[bool] = mapped_column(Boolean, default=False)
 
     candidate: Mapped[Candidate] = relationship(back_populates="prefetch")
+    series: Mapped[list[PrefetchSeries]] = relationship(
+        back_populates="prefetch",
+        cascade="all, delete-orphan",
+        order_by="PrefetchSeries.series_uid",
+    )
+
+
+class PrefetchSeries(Base):
+    """One series of a prefetched study: what the site holds and the cache has.
+
+    ``expected`` is the site's NumberOfSeriesRelatedInstances from a
+    SERIES-level C-FIND made when the retrieve starts; ``received`` is the
+    cache's count of that series after the retrieve.
+    """
+
+    __tablename__ = "prefetch_series"
+    __table_args__ = (UniqueConstraint("prefetch_id", "series_uid"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    prefetch_id: Mapped[str] = mapped_column(
+        ForeignKey("prefetch.id", ondelete="CASCADE"), index=True
+    )
+    series_uid: Mapped[str] = mapped_column(String(128))
+    expected: Mapped[int] = mapped_column(Integer)
+    received: Mapped[int] = mapped_column(Integer, default=0)
+
+    prefetch: Mapped[Prefetch] = relationship(back_populates="series")
+
+    @property
+    def complete(self) -> bool:
+        """True when the cache holds every instance the site announced."""
+        return self.received >= self.expected

@@ -2,41 +2,85 @@
 
 For each site the patient index gives the patient's identifier in that site's
 domain; a site where the patient has none is not queried (there is nothing
-safe to ask). The C-FINDs run concurrently, each with its own time-out, so a
-slow or dead site delays only itself and the other sites' results are kept.
+safe to ask), and a site inside one of its maintenance windows is not queried
+either (its row says until when). The other sites are queried concurrently,
+each with its own time-out, so a slow or dead site delays only itself and the
+other sites' results are kept. A site is asked by C-FIND (Study Root, or
+Patient Root when its ``query_model`` is ``patient``) or by QIDO-RS when its
+``query`` is ``qido-rs``; a failure of either is recorded the same way.
+
+Order and appointment hints (``accessionNumbers``, ``studyInstanceUIDs`` of
+the registration) narrow extra queries: the hint values are sent as matching
+keys beside the patient's ID, never instead of it. The broad query by patient
+ID still runs, because a board also needs the patient's earlier studies. A
+study a hint names is marked ``hinted`` and selected for retrieve (unless it
+carries an identity warning), whatever its modality or date.
+
+The same Study Instance UID found at several sites is one candidate. It is
+retrieved from the site that announced the most instances (a complete copy
+beats a partial one); on a tie, from the site listed first in the sites
+file. The other sites are kept in ``also_at`` with their counts.
 
 A returned study whose patient birth date or family name disagrees with the
-index is kept with a warning and never selected automatically.
+index is kept with a warning and never selected automatically; for a study
+held at several sites, a warning from any copy applies.
 
 Limitations
 -----------
-Studies found at two sites under the same Study Instance UID stay two
-candidates; the rule selects the first one only. Study UID hints from the
-appointment are recorded but do not narrow the query.
+A site skipped for maintenance is not asked again when its window ends;
+discovery runs again only when the registration is retried. The queries do not
+take one of the site's ``max_associations`` slots. A candidate found again on
+a later discovery keeps its site even if another copy now has more instances.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from urllib.parse import urlencode, urlsplit
+from zoneinfo import ZoneInfo
 
 from sqlalchemy.orm import Session
 
+from ihe.dicomweb import rad129_qido_rs_query as rad129
 from ihe.qr import rad14_query_images as rad14
-from mappings.dicom_study import StudyFound
+from mappings.dicom_study import QueryResult, StudyFound
 from mappings.identifiers import Identifier, to_cx
-from mappings.names import fold
 from server import audit
 from server.config import Settings, Site
 from server.errors import PeerError
 from server.models import Candidate, Registration, SiteQuery, utcnow
 from server.peers import site_tls
+from server.workflow.vigilance import identity_warning
 
 logger = logging.getLogger(__name__)
 
 LOG_DISCOVERY_DONE = "discovery done"
+LOG_SITE_FAILED = "site query failed"
+LOG_SITE_IN_MAINTENANCE = "site in maintenance, not queried"
 MAX_PARALLEL_SITES = 16
+# Keys of Registration.hints, as the order and appointment intake write them.
+ACCESSION_HINTS = "accessionNumbers"
+STUDY_HINTS = "studyInstanceUIDs"
+HINT_SELECTOR = "hint"
+
+
+@dataclass(frozen=True)
+class Hints:
+    """Values from orders and appointments that narrow the queries."""
+
+    study_uids: tuple[str, ...] = ()
+    accession_numbers: tuple[str, ...] = ()
+
+    def names(self, study: StudyFound) -> bool:
+        """True when `study` is one the hints name."""
+        return study.study_uid in self.study_uids or (
+            study.accession_number is not None
+            and study.accession_number in self.accession_numbers
+        )
 
 
 @dataclass
@@ -45,27 +89,50 @@ class SiteAnswer:
 
     site: Site
     local_id: str | None
-    result: rad14.QueryResult | None = None
+    result: QueryResult | None = None
     error: str | None = None
+    maintenance_until: datetime | None = None
 
 
-def discover(settings: Settings, session: Session, registration: Registration) -> None:
+@dataclass
+class _Copies:
+    """Every site's copy of one study, in sites-file order."""
+
+    copies: list[tuple[Site, StudyFound]] = field(default_factory=list)
+
+    def holder(self) -> tuple[Site, StudyFound]:
+        """The copy to retrieve: most instances, then first listed."""
+        # max() keeps the first of equal copies: sites-file order breaks ties.
+        return max(self.copies, key=lambda copy: copy[1].num_instances or -1)
+
+
+def discover(
+    settings: Settings,
+    session: Session,
+    registration: Registration,
+    now: datetime | None = None,
+) -> None:
     """Query every site for `registration`'s patient and record what was found.
 
     The registration must be attached to `session`, which the caller commits.
+    `now` (aware) decides which sites are in a maintenance window.
     """
     patient = registration.patient
+    hints = hints_of(registration)
     answers = _query_sites(
         settings,
         [
             (site, patient.identifier_in(site.patient_id_domain))
             for site in settings.directory.sites
         ],
+        hints,
+        now or utcnow(),
     )
     registration.site_queries.clear()
     session.flush()
     for answer in answers:
-        _record(settings, session, registration, answer)
+        _record_site(settings, session, registration, answer)
+    _record_candidates(registration, answers, hints)
     registration.discovery = "done"
     found = sum(len(a.result.studies) for a in answers if a.result)
     logger.info(
@@ -79,18 +146,54 @@ def discover(settings: Settings, session: Session, registration: Registration) -
     )
 
 
+def hints_of(registration: Registration) -> Hints:
+    """The registration's study UID and accession number hints."""
+    stored = registration.hints or {}
+
+    def values(key: str) -> tuple[str, ...]:
+        found = stored.get(key) or []
+        return tuple(dict.fromkeys(str(v).strip() for v in found if str(v).strip()))
+
+    return Hints(values(STUDY_HINTS), values(ACCESSION_HINTS))
+
+
+def maintenance_end(site: Site, moment: datetime) -> datetime | None:
+    """When the maintenance window covering `moment` ends (site's time), or
+    ``None`` when the site is not in maintenance."""
+    if not site.in_maintenance(moment):
+        return None
+    local = moment.astimezone(ZoneInfo(site.timezone))
+    ends = []
+    for window in site.maintenance:
+        if window.covers(local):
+            end = local.replace(
+                hour=window.end.hour, minute=window.end.minute, second=0, microsecond=0
+            )
+            ends.append(end if end > local else end + timedelta(days=1))
+    return max(ends) if ends else None
+
+
 def _query_sites(
-    settings: Settings, targets: list[tuple[Site, str | None]]
+    settings: Settings,
+    targets: list[tuple[Site, str | None]],
+    hints: Hints,
+    moment: datetime,
 ) -> list[SiteAnswer]:
     answers = [SiteAnswer(site, local_id) for site, local_id in targets]
-    todo = [a for a in answers if a.local_id]
+    for answer in answers:
+        if answer.local_id:
+            answer.maintenance_until = maintenance_end(answer.site, moment)
+            if answer.maintenance_until is not None:
+                logger.info(LOG_SITE_IN_MAINTENANCE, extra={"site": answer.site.name})
+    todo = [a for a in answers if a.local_id and a.maintenance_until is None]
     if not todo:
         return answers
     with ThreadPoolExecutor(
-        max_workers=min(len(todo), MAX_PARALLEL_SITES), thread_name_prefix="cfind"
+        max_workers=min(len(todo), MAX_PARALLEL_SITES), thread_name_prefix="discover"
     ) as pool:
         futures = {
-            pool.submit(_query_one, settings, a.site, a.local_id or ""): a for a in todo
+            pool.submit(_query_one, settings, a.site, a.local_id or "", hints): a
+            for a in todo
         }
         for future, answer in futures.items():
             try:
@@ -98,13 +201,22 @@ def _query_sites(
             except PeerError as exc:
                 answer.error = str(exc)
                 logger.warning(
-                    "site query failed",
+                    LOG_SITE_FAILED,
                     extra={"site": answer.site.name, "error": str(exc)},
                 )
     return answers
 
 
-def _query_one(settings: Settings, site: Site, local_id: str) -> rad14.QueryResult:
+def _query_one(
+    settings: Settings, site: Site, local_id: str, hints: Hints
+) -> QueryResult:
+    if site.query == "qido-rs":
+        return rad129.search_for_studies(
+            _endpoint(site),
+            local_id,
+            study_uids=hints.study_uids,
+            accession_numbers=hints.accession_numbers,
+        )
     return rad14.query_studies(
         calling_ae=settings.ae_title,
         ae_title=site.ae_title,
@@ -113,24 +225,42 @@ def _query_one(settings: Settings, site: Site, local_id: str) -> rad14.QueryResu
         patient_id=local_id,
         timeout=site.timeout,
         tls=site_tls(site),
+        query_model=site.query_model,
+        study_uids=hints.study_uids,
+        accession_numbers=hints.accession_numbers,
     )
 
 
-def _record(
+def _endpoint(site: Site) -> rad129.Endpoint:
+    return rad129.Endpoint(
+        url=site.dicomweb_url or "",
+        auth_header=site.dicomweb_auth_header,
+        ca=site.tls_ca,
+        cert=site.tls_cert,
+        key=site.tls_key,
+        timeout=site.timeout,
+    )
+
+
+def _record_site(
     settings: Settings, session: Session, registration: Registration, answer: SiteAnswer
 ) -> None:
     site = answer.site
-    if answer.local_id is None:
+    if answer.local_id is None or answer.maintenance_until is not None:
+        status, reason = (
+            ("no-identifier", "the patient has no identifier in this site's domain")
+            if answer.local_id is None
+            else ("maintenance", _maintenance_reason(answer))
+        )
         registration.site_queries.append(
             SiteQuery(
                 site_name=site.name,
-                status="no-identifier",
-                reason="the patient has no identifier in this site's domain",
+                status=status,
+                reason=reason,
                 finished_at=utcnow(),
             )
         )
         return
-    cx = to_cx(Identifier(site.patient_id_domain, answer.local_id))
     studies = answer.result.studies if answer.result else ()
     registration.site_queries.append(
         SiteQuery(
@@ -141,55 +271,104 @@ def _record(
             finished_at=utcnow(),
         )
     )
-    audit.site_query(
-        session,
-        settings,
-        site_ae=site.ae_title,
-        site_host=site.host,
-        query=answer.result.query
-        if answer.result
-        else rad14.encode_identifier(rad14.build_identifier(answer.local_id)),
-        patient_cx_value=cx,
-        sop_class_uid=rad14.SOP_CLASS,
-        outcome=8 if answer.error else 0,
-        registration_id=registration.id,
+    _audit_queries(settings, session, registration, answer)
+
+
+def _maintenance_reason(answer: SiteAnswer) -> str:
+    until = answer.maintenance_until
+    assert until is not None
+    return (
+        f"in a maintenance window until {until:%Y-%m-%d %H:%M} "
+        f"({answer.site.timezone}); not queried"
     )
-    existing = {(c.site_name, c.study_uid) for c in registration.candidates}
-    for study in studies:
-        if (site.name, study.study_uid) in existing:
-            continue
-        registration.candidates.append(
-            Candidate(
-                site_name=site.name,
-                study_uid=study.study_uid,
-                patient_id_at_site=study.patient_id,
-                study_date=study.study_date,
-                study_time=study.study_time,
-                accession_number=study.accession_number,
-                modalities=list(study.modalities),
-                description=study.description,
-                num_series=study.num_series,
-                num_instances=study.num_instances,
-                warning=identity_warning(registration, study),
-            )
+
+
+def _audit_queries(
+    settings: Settings, session: Session, registration: Registration, answer: SiteAnswer
+) -> None:
+    """One Query audit message (110112) per query sent to the site."""
+    site, local_id = answer.site, answer.local_id or ""
+    cx = to_cx(Identifier(site.patient_id_domain, local_id))
+    if answer.result is not None:
+        queries: Sequence[bytes] = answer.result.queries
+        sop_class = answer.result.sop_class_uid
+    elif site.query == "qido-rs":
+        params = urlencode({"PatientID": local_id})
+        queries = [f"{(site.dicomweb_url or '').rstrip('/')}/studies?{params}".encode()]
+        sop_class = rad129.SOP_CLASS
+    else:
+        identifier = rad14.build_identifier(local_id, query_model=site.query_model)
+        queries = [rad14.encode_identifier(identifier)]
+        sop_class = rad14.sop_class_for(site.query_model)
+    host = (
+        urlsplit(site.dicomweb_url).hostname or site.host
+        if site.query == "qido-rs" and site.dicomweb_url
+        else site.host
+    )
+    for query in queries:
+        audit.site_query(
+            session,
+            settings,
+            site_ae=site.ae_title,
+            site_host=host,
+            query=query,
+            patient_cx_value=cx,
+            sop_class_uid=sop_class,
+            outcome=8 if answer.error else 0,
+            registration_id=registration.id,
         )
 
 
-def identity_warning(registration: Registration, study: StudyFound) -> str | None:
-    """Why the study's patient may not be the registered one, or ``None``."""
-    patient = registration.patient
-    reasons = []
-    if (
-        patient.birth_date
-        and study.patient_birth_date
-        and study.patient_birth_date != patient.birth_date.strftime("%Y%m%d")
-    ):
-        reasons.append("birth date differs from the patient index")
-    if patient.family_name and study.patient_name:
-        family = study.patient_name.split("=", 1)[0].split("^", 1)[0]
-        known = {fold(patient.family_name)}
-        if patient.birth_family_name:
-            known.add(fold(patient.birth_family_name))
-        if fold(family) not in known:
-            reasons.append("family name differs from the patient index")
+def _record_candidates(
+    registration: Registration, answers: Sequence[SiteAnswer], hints: Hints
+) -> None:
+    """One candidate per Study Instance UID, whichever sites hold it."""
+    by_uid: dict[str, _Copies] = {}
+    for answer in answers:
+        for study in answer.result.studies if answer.result else ():
+            by_uid.setdefault(study.study_uid, _Copies()).copies.append(
+                (answer.site, study)
+            )
+    existing = {c.study_uid: c for c in registration.candidates}
+    for study_uid, copies in by_uid.items():
+        site, study = copies.holder()
+        candidate = existing.get(study_uid)
+        warning = _warning(registration, copies)
+        if candidate is None:
+            candidate = _candidate(site, study, warning)
+            if hints.names(study):
+                candidate.hinted = True
+                if warning is None:
+                    candidate.selected, candidate.selected_by = True, HINT_SELECTOR
+            registration.candidates.append(candidate)
+        others: list[dict[str, object]] = [
+            {"site": s.name, "instances": found.num_instances}
+            for s, found in copies.copies
+            if s.name != candidate.site_name
+        ]
+        candidate.also_at = others or None
+
+
+def _candidate(site: Site, study: StudyFound, warning: str | None) -> Candidate:
+    return Candidate(
+        site_name=site.name,
+        study_uid=study.study_uid,
+        patient_id_at_site=study.patient_id,
+        study_date=study.study_date,
+        study_time=study.study_time,
+        accession_number=study.accession_number,
+        modalities=list(study.modalities),
+        description=study.description,
+        num_series=study.num_series,
+        num_instances=study.num_instances,
+        warning=warning,
+    )
+
+
+def _warning(registration: Registration, copies: _Copies) -> str | None:
+    reasons: list[str] = []
+    for _, study in copies.copies:
+        for reason in (identity_warning(registration, study) or "").split("; "):
+            if reason and reason not in reasons:
+                reasons.append(reason)
     return "; ".join(reasons) or None

@@ -3,8 +3,10 @@
 The rule selects studies of the configured modalities
 (``SPIDERS_AUTO_SELECT_MODALITIES``) dated within the last
 ``SPIDERS_AUTO_SELECT_MONTHS`` months; studies with an identity warning are
-never selected automatically. A clinician may change the selection until the
-retrieve of a study has started.
+never selected automatically until a person confirms them
+(:mod:`server.workflow.vigilance`), and a flagged study nobody has confirmed,
+or one that was rejected, cannot be selected by hand either. A clinician may
+change the selection until the retrieve of a study has started.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from datetime import date, datetime, timedelta
 from server.config import Settings
 from server.errors import Conflict, InvalidResource
 from server.models import Candidate, Prefetch, PrefetchState, Registration, utcnow
+from server.workflow.vigilance import selectable
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +38,7 @@ def auto_select(
     chosen: list[Candidate] = []
     seen_uids: set[str] = set()
     for candidate in registration.candidates:
-        if candidate.warning or candidate.study_uid in seen_uids:
+        if not selectable(candidate) or candidate.study_uid in seen_uids:
             continue
         if candidate.selected_by is not None:  # already decided, by rule or person
             if candidate.selected:
@@ -107,6 +110,17 @@ def change_selection(
         raise InvalidResource(
             f"not candidates of this registration: {shown}{more}",
             [("selection", f"unknown candidate id {i}") for i in shown],
+        )
+    blocked = [
+        c.id
+        for c in registration.candidates
+        if c.id in wanted and not c.selected and not selectable(c)
+    ]
+    if blocked:
+        raise InvalidResource(
+            f"candidates {blocked[:MAX_REPORTED]} carry an identity warning that "
+            "was not confirmed (or was rejected): review them first",
+            [("selection", f"candidate {i} needs an identity review") for i in blocked],
         )
     for candidate in registration.candidates:
         if candidate.id in wanted or not candidate.selected:

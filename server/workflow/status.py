@@ -1,7 +1,14 @@
-"""The state of a registration, as the coordinator and the FHIR Task see it."""
+"""The state of a registration, as the coordinator and the FHIR Task see it.
+
+Besides the state word, a registration shows its prefetch deadline and, once
+that passed with studies missing, why it is late
+(:mod:`server.workflow.deadlines`); each prefetch shows the series the site
+announced and those the cache does not hold in full yet.
+"""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
@@ -73,6 +80,7 @@ def candidate_json(candidate: Candidate) -> dict[str, Any]:
         "selected": candidate.selected,
         "selectedBy": candidate.selected_by,
         "identityWarning": candidate.warning,
+        "identityReview": _review(candidate),
         "prefetch": prefetch_json(prefetch) if prefetch else None,
     }
 
@@ -87,6 +95,16 @@ def prefetch_json(prefetch: Prefetch) -> dict[str, Any]:
         "expectedInstances": prefetch.expected_instances,
         "receivedInstances": _received(prefetch),
         "reason": prefetch.reason,
+        "late": bool(prefetch.late),
+        "series": [
+            {
+                "seriesInstanceUID": s.series_uid,
+                "expectedInstances": s.expected,
+                "receivedInstances": s.received,
+            }
+            for s in prefetch.series
+        ],
+        "incompleteSeries": [s.series_uid for s in prefetch.series if not s.complete],
     }
 
 
@@ -104,8 +122,14 @@ def _received(prefetch: Prefetch) -> int:
     return int(held or 0)
 
 
-def registration_json(registration: Registration) -> dict[str, Any]:
-    """A registration with its discovery and prefetch progress."""
+def registration_json(
+    registration: Registration, deadline: datetime | None = None
+) -> dict[str, Any]:
+    """A registration with its discovery and prefetch progress.
+
+    `deadline`, when given, is shown as ``deadline``; ``late`` is the reason
+    the case was late at it, or ``None``.
+    """
     return {
         "id": registration.id,
         "appointment": f"Appointment/{registration.id}",
@@ -117,6 +141,8 @@ def registration_json(registration: Registration) -> dict[str, Any]:
         "status": registration.status,
         "state": registration_state(registration),
         "discovery": registration.discovery,
+        "deadline": deadline.isoformat() if deadline else None,
+        "late": registration.late_reason,
         "sites": [
             {
                 "site": q.site_name,
@@ -167,9 +193,25 @@ def task_resource(prefetch: Prefetch, patient_id: str) -> dict[str, Any]:
         )
     if prefetch.reason:
         task["statusReason"] = {"text": prefetch.reason}
+    if prefetch.late:
+        task["note"] = [
+            {"text": "late: not in the cache at the registration's deadline"}
+        ]
     if prefetch.started_at:
         period = {"start": prefetch.started_at.isoformat()}
         if prefetch.finished_at:
             period["end"] = prefetch.finished_at.isoformat()
         task["executionPeriod"] = period
     return task
+
+
+def _review(candidate: Candidate) -> dict[str, Any] | None:
+    """The review of a flagged candidate: pending, or who decided what and when."""
+    if candidate.warning is None:
+        return None
+    return {
+        "state": candidate.review or "pending",
+        "by": candidate.reviewed_by,
+        "at": candidate.reviewed_at.isoformat() if candidate.reviewed_at else None,
+        "note": candidate.review_note,
+    }
