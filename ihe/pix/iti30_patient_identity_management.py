@@ -38,6 +38,7 @@ from ihe.pix.iti8_patient_identity_feed import audit_feed, feed_patient
 from mappings import hl7_pid
 from server import audit
 from server.errors import IdentityError, MessageError, UnknownReference
+from server.workflow import identity_changes
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +89,9 @@ def handle_merge(session: Session, msg: Message, ctx: Context) -> Outcome:
         ) from exc
     if result.absorbed is None:
         return Outcome(f"patient {result.survivor.id}: merge already made")
+    identity_changes.after_merge(
+        session, ctx.settings, result.survivor, result.absorbed.id
+    )
     audit_feed(
         session,
         ctx,
@@ -121,6 +125,9 @@ def handle_change_identifier(session: Session, msg: Message, ctx: Context) -> Ou
         raise MessageError(
             str(exc), ErrorCode.DUPLICATE_KEY_IDENTIFIER, ("PID", 1, 3)
         ) from exc
+    identity_changes.after_identifier_change(
+        session, ctx.settings, patient, old, new.value
+    )
     audit_feed(
         session,
         ctx,
