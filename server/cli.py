@@ -2,7 +2,8 @@
 
 ``spiders serve`` runs the server, ``spiders worker`` a task worker,
 ``spiders demo`` a whole simulated region, ``spiders retrieve`` one study into
-the cache, and ``spiders status`` the state of the registrations.
+the cache, ``spiders status`` the state of the registrations, and ``spiders
+sites check`` whether every configured site answers.
 Configuration comes from ``SPIDERS_*`` variables (:mod:`server.config`).
 """
 
@@ -219,12 +220,16 @@ def status() -> None:
     table.add_column("study (end of UID)", no_wrap=True)
     table.add_column("instances", justify="right", no_wrap=True)
     table.add_column("prefetch", overflow="fold")
+    late: list[tuple[str, str]] = []
     with rt.db.session() as session:
         registrations = session.scalars(
             select(Registration).order_by(Registration.created_at)
         ).all()
         for reg in registrations:
             state = registration_state(reg)
+            if reg.late_reason:
+                state += " (late)"
+                late.append((reg.id[:8], reg.late_reason))
             meeting = (
                 reg.meeting_start.strftime("%Y-%m-%d %H:%M")
                 if reg.meeting_start
@@ -250,6 +255,8 @@ def status() -> None:
         click.echo(f"no registrations in {rt.settings.data_dir}")
         return
     Console().print(table)
+    for case, reason in late:
+        click.echo(f"late {case}: {reason}")
 
 
 @main.command()
@@ -276,6 +283,49 @@ def demo(keep_running: bool, directory: str | None) -> None:
             settings, keep_running=keep_running, directory=directory, console=console
         )
     )
+
+
+@main.group()
+def sites() -> None:
+    """The producing sites of the sites file."""
+
+
+@sites.command("check")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def sites_check(as_json: bool) -> None:
+    """C-ECHO every site (and search its DICOMweb service) at once.
+
+    Exits 0 when every site is reachable, 1 otherwise.
+    """
+    import json
+
+    from server.sites_check import TRANSFER_SYNTAXES, check_sites
+
+    rt = _runtime(quiet=True)
+    if not rt.settings.directory.sites:
+        _fail("no sites are configured (SPIDERS_SITES_FILE)")
+    checks = check_sites(rt.settings)
+    if as_json:
+        click.echo(json.dumps([c.as_json() for c in checks], indent=2))
+    else:
+        table = Table(title="Sites", expand=False)
+        for column in ("site", "reachable", "latency ms", "TLS", "DICOMweb"):
+            table.add_column(column, no_wrap=True)
+        table.add_column("transfer syntaxes (CT storage)", overflow="fold")
+        table.add_column("error", overflow="fold")
+        for c in checks:
+            web = c.dicomweb
+            table.add_row(
+                c.site,
+                "yes" if c.reachable else "no",
+                "" if c.latency_ms is None else str(c.latency_ms),
+                "yes" if c.tls else "no",
+                "" if web is None else f"HTTP {web.status or '-'}",
+                ", ".join(TRANSFER_SYNTAXES[uid] for uid in c.transfer_syntaxes),
+                c.error or "",
+            )
+        Console(width=200).print(table)
+    sys.exit(0 if all(c.reachable for c in checks) else 1)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ the ephemeral ports being short-lived. Running them in a private network namespa
 would isolate them fully but needs root, so it is not done here.
 """
 
+import base64
 import contextlib
 import ctypes
 import ctypes.util
@@ -63,6 +64,13 @@ def free_port() -> int:
         sock.bind((LOCALHOST, 0))
 
         return int(sock.getsockname()[1])
+
+
+def basic_auth(user: str, password: str) -> str:
+    """The ``Authorization`` header value of HTTP Basic (RFC 7617)."""
+    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+
+    return f"Basic {token}"
 
 
 def require(binary: str, package: str) -> str:
@@ -161,6 +169,12 @@ class OrthancPeer(ManagedPeer):
         (AE title, host, port).
     dicomweb
         Load the DICOMweb plugin, served under ``/dicom-web/``.
+    http_user
+        ``(user, password)``: turn HTTP Basic authentication on with this one
+        user; the helper's own requests send it.
+    extra_config
+        Further Orthanc configuration options, e.g.
+        ``{"Jpeg2000TransferSyntaxAccepted": False}``.
     """
 
     def __init__(
@@ -169,10 +183,14 @@ class OrthancPeer(ManagedPeer):
         modalities: dict[str, tuple[str, str, int]] | None = None,
         *,
         dicomweb: bool = False,
+        http_user: tuple[str, str] | None = None,
+        extra_config: dict[str, Any] | None = None,
     ) -> None:
         self.aet = aet
         self.modalities = dict(modalities or {})
         self.dicomweb = dicomweb
+        self.http_user = http_user
+        self.extra_config = dict(extra_config or {})
         self.dicom_port = 0
         self.http_port = 0
         self.url = ""
@@ -286,6 +304,10 @@ class OrthancPeer(ManagedPeer):
         if self.dicomweb:
             config["Plugins"] = [str(DICOMWEB_PLUGIN)]
             config["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/"}
+        if self.http_user is not None:
+            config["AuthenticationEnabled"] = True
+            config["RegisteredUsers"] = {self.http_user[0]: self.http_user[1]}
+        config.update(self.extra_config)
 
         return config
 
@@ -309,6 +331,8 @@ class OrthancPeer(ManagedPeer):
     ) -> Any:
         # Always http://127.0.0.1, so no scheme check is needed.
         request = urllib.request.Request(self.url + path, data=body, method=method)
+        if self.http_user is not None:
+            request.add_header("Authorization", basic_auth(*self.http_user))
         with urllib.request.urlopen(request, timeout=timeout) as response:
             payload = response.read()
 

@@ -16,8 +16,7 @@ changes nothing.
 Limitations
 -----------
 Hints are attached only to registrations that exist when the order arrives;
-a later registration does not look back at stored orders. Discovery records
-the hints but does not yet narrow its queries with them.
+a later registration does not look back at stored orders.
 """
 
 from __future__ import annotations

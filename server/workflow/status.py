@@ -79,6 +79,8 @@ def candidate_json(candidate: Candidate) -> dict[str, Any]:
         "numberOfInstances": candidate.num_instances,
         "selected": candidate.selected,
         "selectedBy": candidate.selected_by,
+        "alsoAt": candidate.also_at or [],
+        "hinted": bool(candidate.hinted),
         "identityWarning": candidate.warning,
         "identityReview": _review(candidate),
         "prefetch": prefetch_json(prefetch) if prefetch else None,

@@ -1,0 +1,1 @@
+"""DICOMweb clients: QIDO-RS search and WADO-RS retrieve (DICOM PS3.18)."""

@@ -1,0 +1,216 @@
+"""RAD-129 QIDO-RS Query: search for a patient's studies over DICOMweb.
+
+IHE RAD TF-2 4.129 and DICOM PS3.18 10.6 (Search Transaction): ``GET
+{base}/studies?PatientID=...&includefield=...`` with ``Accept:
+application/dicom+json``; the answer is a DICOM JSON array (PS3.18 F.2) mapped
+to the same :class:`~mappings.dicom_study.StudyFound` as a C-FIND response.
+``200`` with an array and ``204 No Content`` (older editions' "no match") are
+both answers; any other status, a time-out, a TLS or connection failure is a
+:class:`~server.errors.PeerError`, as a failed C-FIND is.
+
+As with C-FIND, hints become extra narrowed searches beside the broad one:
+the hinted Study Instance UIDs as one UID list (comma-separated, PS3.18
+8.3.4.1) and one search per accession number, PatientID always a key. The
+PatientID of every answer is checked again on our side.
+
+:func:`ping` asks for one study to tell whether a DICOMweb endpoint answers.
+
+Limitations
+-----------
+No paging: a server that truncates its answer (``Warning: 299``) is logged
+and its first page kept; the narrowed searches still find hinted studies. An
+answer larger than 32 MiB is refused. The auth header is sent as configured
+(no token refresh).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import requests
+
+from ihe.dicom.sop_classes import StudyRootQueryRetrieveInformationModelFind
+from mappings.dicom_study import JSON_TAGS, QueryResult, StudyFound, study_from_json
+from server.errors import PeerError
+
+logger = logging.getLogger(__name__)
+
+LOG_SEARCH_DONE = "qido-rs search done"
+MEDIA_TYPE = "application/dicom+json"
+# The audit trail names the Study Root FIND SOP class for QIDO-RS too (the
+# search is its DICOMweb equivalent).
+SOP_CLASS = str(StudyRootQueryRetrieveInformationModelFind)
+INCLUDE_FIELDS = ",".join(tag for tag in JSON_TAGS.values())
+MAX_RESPONSE_BYTES = 32 * 1024 * 1024
+MAX_HINTS = 20
+CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A DICOMweb service: base URL, credentials and how to reach it.
+
+    Attributes
+    ----------
+    url : str
+        The service's base URL, e.g. ``https://pacs.example/dicom-web``.
+    auth_header : str or None
+        The whole ``Authorization`` header value (``Basic ...``, ``Bearer ...``).
+    ca : Path or None
+        CA file the server certificate must chain to; system CAs when None.
+    cert, key : Path or None
+        Our client certificate, when the server asks for one.
+    timeout : float
+        Seconds to connect and between bytes of the answer.
+    """
+
+    url: str
+    auth_header: str | None = None
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class Ping:
+    """A DICOMweb endpoint's answer to a one-study search."""
+
+    status: int
+    latency_ms: float
+
+
+def search_for_studies(
+    endpoint: Endpoint,
+    patient_id: str,
+    *,
+    study_uids: Sequence[str] = (),
+    accession_numbers: Sequence[str] = (),
+) -> QueryResult:
+    """Find the studies of `patient_id` at one DICOMweb service.
+
+    Raises
+    ------
+    PeerError
+        An HTTP status other than 200 or 204, an answer that is not DICOM
+        JSON, a time-out, a TLS or connection failure.
+    """
+    found: dict[str, StudyFound] = {}
+    ignored = 0
+    sent: list[bytes] = []
+    with requests.Session() as http:
+        for params in _searches(patient_id, study_uids, accession_numbers):
+            url = f"{endpoint.url.rstrip('/')}/studies?{urlencode(params)}"
+            sent.append(url.encode())
+            for obj in _get_json(http, endpoint, url):
+                study = study_from_json(obj) if isinstance(obj, Mapping) else None
+                if study is None or study.patient_id != patient_id:
+                    ignored += 1
+                    continue
+                found.setdefault(study.study_uid, study)
+    if ignored:
+        logger.warning(
+            "responses for another patient ignored",
+            extra={"url": endpoint.url, "ignored": ignored},
+        )
+    logger.info(LOG_SEARCH_DONE, extra={"url": endpoint.url, "studies": len(found)})
+    return QueryResult(tuple(found.values()), ignored, tuple(sent), SOP_CLASS)
+
+
+def ping(endpoint: Endpoint) -> Ping:
+    """Search for one study, to tell whether the endpoint answers.
+
+    Raises
+    ------
+    PeerError
+        No HTTP answer, or a status other than 200 or 204.
+    """
+    url = f"{endpoint.url.rstrip('/')}/studies?limit=1"
+    started = time.monotonic()
+    with requests.Session() as http:
+        response = _get(http, endpoint, url)
+        response.close()
+    return Ping(response.status_code, (time.monotonic() - started) * 1000)
+
+
+def _searches(
+    patient_id: str, study_uids: Sequence[str], accession_numbers: Sequence[str]
+) -> Iterator[dict[str, str]]:
+    base = {"PatientID": patient_id, "includefield": INCLUDE_FIELDS}
+    yield {**base, "fuzzymatching": "false"}
+    uids = list(dict.fromkeys(u for u in study_uids if u))[:MAX_HINTS]
+    if uids:
+        yield {**base, "StudyInstanceUID": ",".join(uids)}
+    accessions = [
+        a
+        for a in dict.fromkeys(a.strip() for a in accession_numbers)
+        if a and not set(a) & {"*", "?", "\\", ","}
+    ][:MAX_HINTS]
+    for accession in accessions:
+        yield {**base, "AccessionNumber": accession}
+
+
+def _get(http: requests.Session, endpoint: Endpoint, url: str) -> requests.Response:
+    headers = {"Accept": MEDIA_TYPE}
+    if endpoint.auth_header:
+        headers["Authorization"] = endpoint.auth_header
+    cert = (
+        (str(endpoint.cert), str(endpoint.key))
+        if endpoint.cert is not None and endpoint.key is not None
+        else None
+    )
+    try:
+        response = http.get(
+            url,
+            headers=headers,
+            timeout=endpoint.timeout,
+            verify=str(endpoint.ca) if endpoint.ca is not None else True,
+            cert=cert,
+            stream=True,
+            allow_redirects=False,
+        )
+    except requests.Timeout as exc:
+        raise PeerError(f"{endpoint.url} did not answer in time") from exc
+    except requests.exceptions.SSLError as exc:
+        raise PeerError(f"TLS with {endpoint.url} failed") from exc
+    except requests.RequestException as exc:
+        raise PeerError(f"{endpoint.url} unreachable") from exc
+    if response.status_code not in (200, 204):
+        response.close()
+        raise PeerError(
+            f"QIDO-RS at {endpoint.url} answered HTTP {response.status_code}"
+        )
+    return response
+
+
+def _get_json(http: requests.Session, endpoint: Endpoint, url: str) -> list[Any]:
+    response = _get(http, endpoint, url)
+    with response:
+        if response.status_code == 204:
+            return []
+        if response.headers.get("Warning", "").startswith("299"):
+            logger.warning("qido-rs answer has a warning", extra={"url": endpoint.url})
+        body = bytearray()
+        try:
+            for chunk in response.iter_content(CHUNK):
+                body += chunk
+                if len(body) > MAX_RESPONSE_BYTES:
+                    raise PeerError(f"QIDO-RS answer from {endpoint.url} too large")
+        except requests.RequestException as exc:
+            raise PeerError(f"{endpoint.url} broke off its answer") from exc
+    if not body.strip():
+        return []
+    try:
+        answer = json.loads(bytes(body))
+    except ValueError as exc:
+        raise PeerError(f"QIDO-RS answer from {endpoint.url} is not JSON") from exc
+    if not isinstance(answer, list):
+        raise PeerError(f"QIDO-RS answer from {endpoint.url} is not a JSON array")
+    return answer
