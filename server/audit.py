@@ -187,10 +187,14 @@ def patient_read(
     *,
     requestor: messages.Participant,
 ) -> None:
-    """Patient Record (110110) read: demographics sent to a requestor."""
+    """Patient Record (110110) read: demographics sent to a requestor.
+
+    A patient merged into another has no identifier left; its resource
+    reference names it then.
+    """
     xml = messages.patient_record(
         action="R",
-        patient_id=patient_cx(patient),
+        patient_id=_patient_object_id(patient),
         patient_name=patient_name(patient),
         source=us(settings),
         destination=requestor,
@@ -274,8 +278,9 @@ def hl7_query(
         patients=[(patient_cx(p), patient_name(p)) for p in patients if p.identifiers],
         outcome=outcome,
     )
-    outcome_patient = patients[0].id if len(patients) == 1 else None
-    outbox.record(session, xml, patient_id=outcome_patient)
+    # One patient answered: the record is found by that patient (ITI-81).
+    patient_id = patients[0].id if len(patients) == 1 else None
+    outbox.record(session, xml, patient_id=patient_id)
 
 
 def console_query(

@@ -13,6 +13,12 @@ builder); code in between never translates, it raises and chains with
     │   ├── InvalidResource         FHIR 400/422 with an OperationOutcome
     │   ├── UnknownReference        FHIR 422, a reference to nothing we know;
     │   │                           HL7 ACK AE, ERR-3 204
+    │   ├── UnknownDomain           FHIR 400 code-invalid: an assigning authority
+    │   │                           we do not recognise (ITI-83 sourceIdentifier)
+    │   ├── UnknownTargetDomain     FHIR 403 code-invalid: ITI-83 targetSystem
+    │   │                           not recognised
+    │   ├── NotAcceptable           FHIR 406 not-supported: a _format we do
+    │   │                           not produce
     │   └── MessageError            HL7 ACK AE with ERR (table 0357 code, location)
     │       └── MessageRejected     HL7 ACK AR: unsupported type, event, version
     ├── Unauthorized                401, Bearer error="invalid_token"
@@ -87,6 +93,27 @@ class UnknownReference(InputError):
 
     http_status = 422
     fhir_code = "not-found"
+
+
+class UnknownDomain(InputError):
+    """An assigning authority (patient identifier domain) we do not recognise."""
+
+    http_status = 400
+    fhir_code = "code-invalid"
+
+
+class UnknownTargetDomain(InputError):
+    """A requested target domain we do not recognise (IHE ITI-83 answers 403)."""
+
+    http_status = 403
+    fhir_code = "code-invalid"
+
+
+class NotAcceptable(InputError):
+    """A response format (``_format``) the server does not produce."""
+
+    http_status = 406
+    fhir_code = "not-supported"
 
 
 class Unauthorized(SpidersError):

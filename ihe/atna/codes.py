@@ -133,7 +133,13 @@ class EventTypeCode(CodedEnum):
     ITI_30 = "ITI-30", "Patient Identity Management", IHE_TRANSACTIONS
     ITI_31 = "ITI-31", "Patient Encounter Management", IHE_TRANSACTIONS
     ITI_41 = "ITI-41", "Provide and Register Document Set-b", IHE_TRANSACTIONS
+    ITI_78 = "ITI-78", "Mobile Patient Demographics Query", IHE_TRANSACTIONS
     ITI_81 = "ITI-81", "Retrieve ATNA Audit Event", IHE_TRANSACTIONS
+    ITI_83 = (
+        "ITI-83",
+        "Mobile Patient Identifier Cross-reference Query",
+        IHE_TRANSACTIONS,
+    )
     RAD_14 = "RAD-14", "Query Images", IHE_TRANSACTIONS
     RAD_16 = "RAD-16", "Retrieve Images", IHE_TRANSACTIONS
     RAD_69 = "RAD-69", "Retrieve Imaging Document Set", IHE_TRANSACTIONS

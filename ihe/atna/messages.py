@@ -18,7 +18,13 @@ messages follow the DICOM-specific specialisations of PS3.15 A.5.3:
 - :func:`procedure_record`: Procedure Record (110111), for a
   tumour-board registration;
 - :func:`query`: Query (110112), as a C-FIND or QIDO-RS requestor
-  records it.
+  records it;
+- :func:`patient_query`: Query (110112), as the answering side of an IHE
+  patient query (ITI-78 PDQm, ITI-83 PIXm) records it, with every patient
+  returned.
+- :func:`hl7_query`: Query (110112), as an IHE ITI-9 PIX Manager or ITI-21
+  Patient Demographics Supplier records the HL7 v2 query it answered, with
+  the query's MSH-10.
 
 The security events (Audit Log Used, Security Alert, User Authentication)
 are built by :mod:`ihe.atna.security_messages`; the elements both modules
@@ -26,7 +32,8 @@ share by :mod:`ihe.atna.elements`.
 
 Limitations
 -----------
-Each message carries one patient; several patients need several messages.
+Each message carries one patient, except :func:`patient_query` and
+:func:`hl7_query`, which name every patient a query returned.
 The elements :mod:`ihe.atna.elements` never writes (media identifiers, data
 life cycle, per-instance UIDs and others) are never written here either.
 Nothing here validates against the schema at run time; the test suite does.
@@ -63,8 +70,10 @@ __all__ = [
     "Participant",
     "application_activity",
     "export",
+    "hl7_query",
     "import_",
     "instances_transferred",
+    "patient_query",
     "patient_record",
     "procedure_record",
     "query",
@@ -289,6 +298,162 @@ def query(
     )
     if patient_id is not None:
         elements.patient_object(root, patient_id, patient_name)
+
+    return elements.serialize(root)
+
+
+def patient_query(
+    *,
+    transaction: Code | CodedEnum,
+    query_id: str,
+    query: bytes,
+    source: Participant,
+    destination: Participant,
+    audit_source: AuditSource,
+    patients: Sequence[tuple[str, str | None]] = (),
+    outcome: int = EventOutcomeIndicator.SUCCESS,
+    when: datetime | None = None,
+) -> bytes:
+    """Build a Query message (110112) for an IHE patient query that was answered.
+
+    The layout is the one IHE ITI TF-2 gives the PIX and PDQ queries (ITI-9,
+    ITI-21) and their RESTful forms (ITI-83, ITI-78): the consumer as source,
+    the supplier as destination, one patient object per patient returned and
+    one query object whose ID type is the transaction.
+
+    Parameters
+    ----------
+    transaction : Code or CodedEnum
+        The transaction, e.g. ``EventTypeCode.ITI_83``; it is the event type
+        and the query object's ID type.
+    query_id : str
+        ``ParticipantObjectID`` of the query object, e.g. the request path.
+    query : bytes
+        The query as received (an HTTP query string), written base64-encoded.
+    source : Participant
+        The consumer that asked (role 110153), normally the requestor.
+    destination : Participant
+        The supplier that answered (role 110152), normally SPIDERS.
+    audit_source : AuditSource
+        The audit source reporting the event.
+    patients : sequence of (str, str or None)
+        Each patient returned, as (identifier in HL7 CX form, name or None).
+    outcome : int
+        An :class:`~ihe.atna.codes.EventOutcomeIndicator` value.
+    when : datetime, optional
+        Timezone-aware time of the event; now, in UTC, when omitted.
+
+    Returns
+    -------
+    bytes
+        The ``AuditMessage`` document, UTF-8.
+
+    Raises
+    ------
+    ValueError
+        If a patient identifier or ``query_id`` is empty, ``outcome`` is not
+        0, 4, 8 or 12, or ``when`` is naive.
+    """
+    if not query_id:
+        raise ValueError("a query object needs a non-empty query_id")
+    root = elements.audit_message(
+        EventID.QUERY, EventActionCode.EXECUTE, outcome, when, transaction
+    )
+    elements.active_participant(root, source, RoleIDCode.SOURCE)
+    elements.active_participant(root, destination, RoleIDCode.DESTINATION)
+    elements.audit_source(root, audit_source)
+
+    for patient_id, patient_name in patients:
+        elements.patient_object(root, patient_id, patient_name)
+    elements.participant_object(
+        root,
+        object_id=query_id,
+        type_code=ParticipantObjectTypeCode.SYSTEM_OBJECT,
+        role=ParticipantObjectTypeCodeRole.QUERY,
+        id_type=transaction,
+        query=query,
+    )
+
+    return elements.serialize(root)
+
+
+def hl7_query(
+    *,
+    transaction: Code | CodedEnum,
+    query: bytes,
+    query_id: str,
+    source: Participant,
+    destination: Participant,
+    audit_source: AuditSource,
+    message_id: str | None = None,
+    patients: Sequence[tuple[str, str | None]] = (),
+    outcome: int = EventOutcomeIndicator.SUCCESS,
+    when: datetime | None = None,
+) -> bytes:
+    """Build a Query message (110112) for an HL7 v2 query answered.
+
+    IHE ITI TF-2a 3.9.5.1.2 (PIX Manager) and 3.21.5.1.2 (Patient
+    Demographics Supplier): the consumer is the source, SPIDERS the
+    destination; the query object has type 2 (system object), role 24
+    (query), the transaction as ID type, the QPD segment as query and MSH-10
+    as detail; one patient object per patient answered.
+
+    Parameters
+    ----------
+    transaction : Code or CodedEnum
+        The transaction, e.g. ``EventTypeCode.ITI_9``; event type and ID type
+        of the query object.
+    query : bytes
+        The QPD segment as received, written base64-encoded.
+    query_id : str
+        ``ParticipantObjectID`` of the query object (the query tag, QPD-2).
+    source : Participant
+        The consumer (role 110153), ``MSH-3|MSH-4``; the requestor.
+    destination : Participant
+        SPIDERS (role 110152), ``MSH-5|MSH-6``.
+    audit_source : AuditSource
+        The audit source reporting the event.
+    message_id : str, optional
+        MSH-10 of the query, written as the ``MSH-10`` detail.
+    patients : sequence of (str, str or None)
+        Each patient answered: identifier in HL7 CX form, and name.
+    outcome : int
+        An :class:`~ihe.atna.codes.EventOutcomeIndicator` value.
+    when : datetime, optional
+        Timezone-aware time of the event; now, in UTC, when omitted.
+
+    Returns
+    -------
+    bytes
+        The ``AuditMessage`` document, UTF-8.
+
+    Raises
+    ------
+    ValueError
+        If ``query_id`` or a patient identifier is empty, ``outcome`` is not
+        0, 4, 8 or 12, or ``when`` is naive.
+    """
+    if not query_id:
+        raise ValueError("a query object needs a non-empty query_id")
+    root = elements.audit_message(
+        EventID.QUERY, EventActionCode.EXECUTE, outcome, when, transaction
+    )
+    elements.active_participant(root, _requestor(source), RoleIDCode.SOURCE)
+    elements.active_participant(root, destination, RoleIDCode.DESTINATION)
+    elements.audit_source(root, audit_source)
+
+    for patient_id, patient_name in patients:
+        elements.patient_object(root, patient_id, patient_name)
+    details = [] if message_id is None else [(DETAIL_MSH_10, message_id.encode())]
+    elements.participant_object(
+        root,
+        object_id=query_id,
+        type_code=ParticipantObjectTypeCode.SYSTEM_OBJECT,
+        role=ParticipantObjectTypeCodeRole.QUERY,
+        id_type=transaction,
+        query=query,
+        details=details,
+    )
 
     return elements.serialize(root)
 

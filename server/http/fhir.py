@@ -1,25 +1,33 @@
 """The FHIR R4 REST endpoint: Patient (identity feed), Appointment (registration),
 Task (prefetch progress) and the CapabilityStatement.
 
+Patient is also searched as IHE ITI-78 PDQm (:mod:`ihe.pdq.iti78_mobile_pdq`)
+and cross-referenced with ``$ihe-pix``, IHE ITI-83 PIXm
+(:mod:`ihe.pix.iti83_mobile_pix_query`); both are audited as Query (110112).
+
 Limitations
 -----------
-No search on Patient or Appointment, no conditional or versioned updates, no
-XML; Appointment cannot be updated yet.
+No search on Appointment, no conditional or versioned updates, no XML;
+Appointment cannot be updated yet.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, cast
+from urllib.parse import urlencode
 
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from ihe.atna.codes import EventOutcomeIndicator, EventTypeCode
 from ihe.iua.roles import READERS, Role
-from ihe.pix import patient_index
+from ihe.pdq import iti78_mobile_pdq
+from ihe.pix import iti83_mobile_pix_query, patient_index
 from mappings.fhir_appointment import parse_appointment
 from mappings.fhir_patient import parse_patient
 from server import audit, tasks
@@ -28,6 +36,7 @@ from server.errors import (
     InputError,
     InvalidResource,
     NotFound,
+    SpidersError,
     UnsupportedMediaType,
 )
 from server.http.auth import caller, requires
@@ -39,6 +48,17 @@ from server.workflow.status import task_resource
 bp = Blueprint("fhir", __name__)
 
 FHIR_JSON = "application/fhir+json"
+FORM = "application/x-www-form-urlencoded"
+PIXM_OPERATION = "https://profiles.ihe.net/ITI/PIXm/OperationDefinition/IHE.PIXm.pix"
+PDQM_SEARCH_PARAMETERS = (
+    ("_id", "token"),
+    ("active", "token"),
+    ("family", "string"),
+    ("given", "string"),
+    ("identifier", "token"),
+    ("birthdate", "date"),
+    ("gender", "token"),
+)
 JSON_TYPES = frozenset({FHIR_JSON, "application/json"})
 RACE_RETRIES = 3
 FHIR_ID_CHARS = frozenset(
@@ -81,7 +101,48 @@ def read_patient(resource_id: str) -> Response:
         if patient is None:
             raise NotFound(f"Patient/{resource_id} is unknown")
         audit.patient_read(session, rt().settings, patient, requestor=_requestor())
-        return _fhir(patient.resource)
+        return _fhir(iti78_mobile_pdq.patient_resource(patient))
+
+
+@bp.get("/Patient")
+@requires(*READERS)
+def search_patients() -> Response:
+    """ITI-78 Mobile Patient Demographics Query (PDQm) by GET."""
+    params = list(request.args.items(multi=True))
+    return _pdqm(params, request.query_string)
+
+
+@bp.post("/Patient/_search")
+@requires(*READERS)
+def search_patients_by_post() -> Response:
+    """ITI-78 by POST: the search parameters form-encoded in the body."""
+    if request.mimetype != FORM:
+        raise UnsupportedMediaType(f"send the search parameters as {FORM}")
+    params = [*request.args.items(multi=True), *request.form.items(multi=True)]
+    return _pdqm(params, urlencode(params).encode())
+
+
+@bp.route("/Patient/$ihe-pix", methods=["GET", "POST"])
+@requires(*READERS)
+def pix_query() -> Response:
+    """ITI-83 Mobile Patient Identifier Cross-reference Query (PIXm)."""
+    if request.method == "GET":
+        params = list(request.args.items(multi=True))
+        raw = request.query_string
+    else:
+        if request.mimetype == FORM:
+            params = list(request.form.items(multi=True))
+        else:
+            params = iti83_mobile_pix_query.parameters_to_pairs(_body())
+        raw = urlencode(params).encode()
+
+    def answer(session: Session) -> tuple[dict[str, Any], list[Patient]]:
+        iti78_mobile_pdq.check_format(request.args.get("_format"))
+        query = iti83_mobile_pix_query.parse_query(params, _fhir_base())
+        found = iti83_mobile_pix_query.cross_reference(session, query, _site_domains())
+        return found.parameters, [found.patient]
+
+    return _fhir(_audited_query(EventTypeCode.ITI_83, raw, answer))
 
 
 @bp.post("/Appointment")
@@ -192,6 +253,68 @@ def _requestor() -> Any:
     return audit.http_client(caller(), request.remote_addr)
 
 
+def _pdqm(params: list[tuple[str, str]], raw: bytes) -> Response:
+    strict = _prefers_strict(request.headers.get("Prefer", ""))
+
+    def answer(session: Session) -> tuple[dict[str, Any], list[Patient]]:
+        search = iti78_mobile_pdq.parse_search(params, strict=strict)
+        page = iti78_mobile_pdq.search_page(
+            session, search, fhir_base=_fhir_base(), site_domains=_site_domains()
+        )
+        return page.bundle, page.patients
+
+    return _fhir(_audited_query(EventTypeCode.ITI_78, raw, answer))
+
+
+def _audited_query(
+    transaction: EventTypeCode,
+    raw: bytes,
+    answer: Callable[[Session], tuple[dict[str, Any], list[Patient]]],
+) -> dict[str, Any]:
+    """Run a patient query and record its Query audit (110112), also when the
+    query is refused (outcome 4, no patient)."""
+    requestor = _requestor()
+    try:
+        with rt().db.session() as session:
+            body, patients = answer(session)
+            audit.patient_query(
+                session,
+                rt().settings,
+                transaction=transaction,
+                query_id=request.base_url,
+                query=raw,
+                requestor=requestor,
+                patients=patients,
+            )
+            return body
+    except SpidersError:
+        with rt().db.session() as session:
+            audit.patient_query(
+                session,
+                rt().settings,
+                transaction=transaction,
+                query_id=request.base_url,
+                query=raw,
+                requestor=requestor,
+                outcome=EventOutcomeIndicator.MINOR_FAILURE,
+            )
+        raise
+
+
+def _prefers_strict(prefer: str) -> bool:
+    """True when the ``Prefer`` header asks for ``handling=strict``."""
+    tokens = (t.strip().lower().replace(" ", "") for t in re.split("[,;]", prefer))
+    return "handling=strict" in tokens
+
+
+def _fhir_base() -> str:
+    return url_for("fhir.metadata", _external=True).removesuffix("/metadata")
+
+
+def _site_domains() -> frozenset[str]:
+    return frozenset(s.patient_id_domain for s in rt().settings.directory.sites)
+
+
 def capability_statement() -> dict[str, Any]:
     """What this server accepts, as an R4 CapabilityStatement."""
 
@@ -214,11 +337,29 @@ def capability_statement() -> dict[str, Any]:
             {
                 "mode": "server",
                 "resource": [
-                    resource(
-                        "Patient",
-                        ["create", "update", "read"],
-                        "Identity feed: every identifier sent together is linked.",
-                    ),
+                    {
+                        **resource(
+                            "Patient",
+                            ["create", "update", "read", "search-type"],
+                            "Identity feed: every identifier sent together is "
+                            "linked. Search is IHE ITI-78 (PDQm): names match "
+                            "case- and accent-insensitively from their start; "
+                            "merged patients are not returned and read as "
+                            "active false with a replaced-by link.",
+                        ),
+                        "searchParam": [
+                            {"name": name, "type": kind}
+                            for name, kind in PDQM_SEARCH_PARAMETERS
+                        ],
+                        "operation": [
+                            {
+                                "name": "ihe-pix",
+                                "definition": PIXM_OPERATION,
+                                "documentation": "IHE ITI-83 (PIXm): the "
+                                "patient's identifiers in the other domains.",
+                            }
+                        ],
+                    },
                     resource(
                         "Appointment",
                         ["create", "read"],
