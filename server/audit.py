@@ -267,7 +267,7 @@ def hl7_query(
         user_name=APPLICATION_NAME,
         network_access_point=settings.mllp_host,
     )
-    xml = messages.hl7_query(
+    xml = messages.patient_query(
         transaction=transaction,
         query=query,
         query_id=query_id,

@@ -70,7 +70,6 @@ __all__ = [
     "Participant",
     "application_activity",
     "export",
-    "hl7_query",
     "import_",
     "instances_transferred",
     "patient_query",
@@ -313,6 +312,7 @@ def patient_query(
     patients: Sequence[tuple[str, str | None]] = (),
     outcome: int = EventOutcomeIndicator.SUCCESS,
     when: datetime | None = None,
+    message_id: str | None = None,
 ) -> bytes:
     """Build a Query message (110112) for an IHE patient query that was answered.
 
@@ -329,7 +329,8 @@ def patient_query(
     query_id : str
         ``ParticipantObjectID`` of the query object, e.g. the request path.
     query : bytes
-        The query as received (an HTTP query string), written base64-encoded.
+        The query as received (an HTTP query string, or the QPD segment of an
+        HL7 v2 query), written base64-encoded.
     source : Participant
         The consumer that asked (role 110153), normally the requestor.
     destination : Participant
@@ -342,6 +343,8 @@ def patient_query(
         An :class:`~ihe.atna.codes.EventOutcomeIndicator` value.
     when : datetime, optional
         Timezone-aware time of the event; now, in UTC, when omitted.
+    message_id : str, optional
+        MSH-10 of an HL7 v2 query, written as the ``MSH-10`` detail.
 
     Returns
     -------
@@ -352,85 +355,6 @@ def patient_query(
     ------
     ValueError
         If a patient identifier or ``query_id`` is empty, ``outcome`` is not
-        0, 4, 8 or 12, or ``when`` is naive.
-    """
-    if not query_id:
-        raise ValueError("a query object needs a non-empty query_id")
-    root = elements.audit_message(
-        EventID.QUERY, EventActionCode.EXECUTE, outcome, when, transaction
-    )
-    elements.active_participant(root, source, RoleIDCode.SOURCE)
-    elements.active_participant(root, destination, RoleIDCode.DESTINATION)
-    elements.audit_source(root, audit_source)
-
-    for patient_id, patient_name in patients:
-        elements.patient_object(root, patient_id, patient_name)
-    elements.participant_object(
-        root,
-        object_id=query_id,
-        type_code=ParticipantObjectTypeCode.SYSTEM_OBJECT,
-        role=ParticipantObjectTypeCodeRole.QUERY,
-        id_type=transaction,
-        query=query,
-    )
-
-    return elements.serialize(root)
-
-
-def hl7_query(
-    *,
-    transaction: Code | CodedEnum,
-    query: bytes,
-    query_id: str,
-    source: Participant,
-    destination: Participant,
-    audit_source: AuditSource,
-    message_id: str | None = None,
-    patients: Sequence[tuple[str, str | None]] = (),
-    outcome: int = EventOutcomeIndicator.SUCCESS,
-    when: datetime | None = None,
-) -> bytes:
-    """Build a Query message (110112) for an HL7 v2 query answered.
-
-    IHE ITI TF-2a 3.9.5.1.2 (PIX Manager) and 3.21.5.1.2 (Patient
-    Demographics Supplier): the consumer is the source, SPIDERS the
-    destination; the query object has type 2 (system object), role 24
-    (query), the transaction as ID type, the QPD segment as query and MSH-10
-    as detail; one patient object per patient answered.
-
-    Parameters
-    ----------
-    transaction : Code or CodedEnum
-        The transaction, e.g. ``EventTypeCode.ITI_9``; event type and ID type
-        of the query object.
-    query : bytes
-        The QPD segment as received, written base64-encoded.
-    query_id : str
-        ``ParticipantObjectID`` of the query object (the query tag, QPD-2).
-    source : Participant
-        The consumer (role 110153), ``MSH-3|MSH-4``; the requestor.
-    destination : Participant
-        SPIDERS (role 110152), ``MSH-5|MSH-6``.
-    audit_source : AuditSource
-        The audit source reporting the event.
-    message_id : str, optional
-        MSH-10 of the query, written as the ``MSH-10`` detail.
-    patients : sequence of (str, str or None)
-        Each patient answered: identifier in HL7 CX form, and name.
-    outcome : int
-        An :class:`~ihe.atna.codes.EventOutcomeIndicator` value.
-    when : datetime, optional
-        Timezone-aware time of the event; now, in UTC, when omitted.
-
-    Returns
-    -------
-    bytes
-        The ``AuditMessage`` document, UTF-8.
-
-    Raises
-    ------
-    ValueError
-        If ``query_id`` or a patient identifier is empty, ``outcome`` is not
         0, 4, 8 or 12, or ``when`` is naive.
     """
     if not query_id:

@@ -19,6 +19,14 @@ Messages of one sender and MSH-10 are processed one at a time (under one of
 64 locks chosen by that key), so a resend racing its original waits for the
 original's answer.
 
+Queries (``QBP``) are reads and take another path: they are neither stored
+nor deduplicated (a query sent twice is answered twice), MSH-10 and MSH-11
+are checked as for any message, and the query's handler answers with its own
+response message (``RSP``, :mod:`ihe.hl7v2.query`) and audits it, in one
+transaction. A query that cannot be read, or whose MSH is refused, is
+answered with an ``RSP`` ``AR`` or ``AE`` with ERR, never with a general
+acknowledgement; such a refusal is logged, not audited, as no query was run.
+
 Routes (HL7 v2.5 and IHE):
 
 =================================  =========================================
@@ -27,6 +35,8 @@ Routes (HL7 v2.5 and IHE):
 ``ADT^A01/A04/A05/A08``            ITI-8 Patient Identity Feed
 ``ADT^A02/A03/A06/A07/A11-A13``    PAM ITI-31 movements, read for their PID
 ``ADT^A28/A31/A40/A47``            ITI-30 Patient Identity Management
+``QBP^Q23``, answered ``RSP^K23``  ITI-9 PIX Query
+``QBP^Q22``, answered ``RSP^K22``  ITI-21 Patient Demographics Query
 =================================  =========================================
 
 Limitations
@@ -53,7 +63,13 @@ from ihe.hl7v2 import ack, er7
 from ihe.hl7v2.application import Context, Handler, Outcome
 from ihe.hl7v2.codes import AckCode, ErrorCode, ProcessingId
 from ihe.hl7v2.listener import MllpListener, Reply
-from ihe.pix import iti8_patient_identity_feed, iti30_patient_identity_management
+from ihe.hl7v2.query import QueryRoute, refuse
+from ihe.pdq import iti21_patient_demographics_query
+from ihe.pix import (
+    iti8_patient_identity_feed,
+    iti9_pix_query,
+    iti30_patient_identity_management,
+)
 from ihe.swf import rad4_procedure_scheduled, rad48_appointment_notification
 from ihe.tls import server_context
 from server.config import Settings
@@ -73,6 +89,7 @@ LOG_FAILED = "message processing failed"
 LOG_NOT_STORED = "message not stored: the message store is unavailable"
 LOG_OVERSIZED = "frame above the size limit refused"
 LOG_ACK_RECEIVED = "acknowledgement received and not answered"
+LOG_QUERY_ANSWERED = "query answered"
 KEY_LOCKS = 64
 
 ROUTES: Mapping[tuple[str, str], Handler] = {
@@ -80,6 +97,11 @@ ROUTES: Mapping[tuple[str, str], Handler] = {
     **rad4_procedure_scheduled.HANDLERS,
     **iti8_patient_identity_feed.HANDLERS,
     **iti30_patient_identity_management.HANDLERS,
+}
+
+QUERY_ROUTES: Mapping[tuple[str, str], QueryRoute] = {
+    **iti9_pix_query.QUERIES,
+    **iti21_patient_demographics_query.QUERIES,
 }
 
 _OUTCOME = {
@@ -132,6 +154,8 @@ class Receiver:
     on_committed : callable, optional
         Run after the ACK of a message whose handler left work for the task
         queue (``server.tasks.dispatch_due`` in ``spiders serve``).
+    queries : mapping, optional
+        ``(MSH-9.1, MSH-9.2)`` → query route; :data:`QUERY_ROUTES` by default.
     """
 
     def __init__(
@@ -140,11 +164,13 @@ class Receiver:
         settings: Settings,
         routes: Mapping[tuple[str, str], Handler] | None = None,
         on_committed: Callable[[], object] | None = None,
+        queries: Mapping[tuple[str, str], QueryRoute] | None = None,
     ) -> None:
         self.db = db
         self.settings = settings
         self.routes = dict(ROUTES if routes is None else routes)
-        self.types = {message_type for message_type, _ in self.routes}
+        self.queries = dict(QUERY_ROUTES if queries is None else queries)
+        self.types = {message_type for message_type, _ in [*self.routes, *self.queries]}
         self.on_committed = on_committed
         self._locks = [threading.Lock() for _ in range(KEY_LOCKS)]
 
@@ -170,6 +196,9 @@ class Receiver:
             return Reply(self._answer(msh, AckCode.APPLICATION_REJECT, [detail], None))
 
     def _handle(self, payload: bytes, msh: er7.Segment | None, peer: str) -> Reply:
+        route = self.queries.get(_key_of(msh)) if msh is not None else None
+        if msh is not None and route is not None:
+            return self._query(payload, msh, route, peer)
         sender = f"{msh.raw(3)}|{msh.raw(4)}" if msh is not None else "|"
         control_id = (msh.value(10).strip() or None) if msh is not None else None
         # Keys as wide as their columns (MSH-10 is 199 characters at most).
@@ -279,6 +308,49 @@ class Receiver:
         after = self.on_committed if outcome.dispatch else None
         return Reply(answer, after)
 
+    def _query(
+        self, payload: bytes, msh: er7.Segment, route: QueryRoute, peer: str
+    ) -> Reply:
+        """Answer a query with its response; nothing is stored but the audit."""
+        qpd: er7.Segment | None = None
+        sender = f"{msh.raw(3)}|{msh.raw(4)}"[:MAX_SENDER]
+        try:
+            msg = er7.parse_bytes(payload, self.settings.hl7_default_charset)
+            msh, qpd = msg.msh, msg.segment("QPD")
+            _check_control(msg)
+            er7.version_id(msg.msh.value(12))  # an unsupported MSH-12: AR 203
+            context = Context(self.settings, sender, peer.rsplit(":", 1)[0])
+            with self.db.session() as session:
+                answer = route.handler(session, msg, context)
+        except Exception as exc:
+            if isinstance(exc, SpidersError):
+                code, detail = ack.for_exception(exc)
+                logger.warning(
+                    LOG_REFUSED,
+                    extra={
+                        "control_id": msh.value(10),
+                        "ack": code.value,
+                        "error": int(detail.code),
+                        "location": "^".join(str(p) for p in detail.location),
+                    },
+                )
+            else:
+                _log_failure(exc, {"control_id": msh.value(10)})
+            default = self.settings.hl7_default_charset
+            answer = refuse(msh, route.spec, exc, qpd=qpd, default_charset=default)
+            return Reply(answer.message)
+        logger.info(
+            LOG_QUERY_ANSWERED,
+            extra={
+                "control_id": msg.control_id,
+                "type": f"{msg.message_type}^{msg.event}",
+                "ack": answer.ack_code.value,
+                "status": answer.status.value,
+                "hits": answer.hits,
+            },
+        )
+        return Reply(answer.message)
+
     def _route(self, msg: er7.Message) -> Handler | None:
         """The handler for `msg`; None for an ACK, which is not answered.
 
@@ -289,23 +361,13 @@ class Receiver:
         MessageRejected
             Unsupported processing id, type or event (202, 200, 201).
         """
-        msh = msg.msh
         if not msg.message_type:
             raise MessageError(
                 "MSH-9 is empty", ErrorCode.REQUIRED_FIELD_MISSING, _at(9)
             )
         if msg.message_type == ack.ACK:
             return None
-        if not msg.control_id.strip():
-            raise MessageError(
-                "MSH-10 is empty", ErrorCode.REQUIRED_FIELD_MISSING, _at(10)
-            )
-        if msh.value(11).strip().upper() != ProcessingId.PRODUCTION:
-            raise MessageRejected(
-                f"processing id {msh.value(11)!r} (MSH-11) is not accepted; only P",
-                ErrorCode.UNSUPPORTED_PROCESSING_ID,
-                _at(11),
-            )
+        _check_control(msg)
         if msg.message_type not in self.types:
             raise MessageRejected(
                 f"message type {msg.message_type!r} is not supported",
@@ -367,6 +429,23 @@ class Receiver:
         if msh is not None and not ack.wanted(msh, code):
             return None
         return ack.build(msh, code, errors, version=version)
+
+
+def _check_control(msg: er7.Message) -> None:
+    """Refuse an empty MSH-10 (ERR-3 101) and any MSH-11 but ``P`` (``AR`` 202)."""
+    if not msg.control_id.strip():
+        raise MessageError("MSH-10 is empty", ErrorCode.REQUIRED_FIELD_MISSING, _at(10))
+    if msg.msh.value(11).strip().upper() != ProcessingId.PRODUCTION:
+        raise MessageRejected(
+            f"processing id {msg.msh.value(11)!r} (MSH-11) is not accepted; only P",
+            ErrorCode.UNSUPPORTED_PROCESSING_ID,
+            _at(11),
+        )
+
+
+def _key_of(msh: er7.Segment) -> tuple[str, str]:
+    """``(MSH-9.1, MSH-9.2)`` as routes name them."""
+    return msh.value(9, 1, 1).strip().upper(), msh.value(9, 1, 2).strip().upper()
 
 
 def _log_failure(exc: BaseException, fields: dict[str, object]) -> None:

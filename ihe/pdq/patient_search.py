@@ -18,7 +18,7 @@ Limitations
 -----------
 No phonetic or fuzzy matching: a misspelt name finds nothing, which is the
 safe answer for identity. Address, telecom and mother's maiden name are not
-searchable.
+searchable; the birth place matches only as stored (the same INSEE code).
 """
 
 from __future__ import annotations
@@ -44,6 +44,11 @@ class PatientQuery:
     identifiers : tuple of (system, value or None)
         An identifier in a domain, or with value None any patient that has an
         identifier in that domain (PDQm ``identifier=system|``).
+    birth_place : str or None
+        The birth place as stored (PID-23, an INSEE code), compared exactly.
+    domains : tuple of str
+        Not a search parameter but a filter: only patients holding an
+        identifier in at least one of these domains (PDQ QPD-8).
     """
 
     family: str | None = None
@@ -53,6 +58,8 @@ class PatientQuery:
     identifiers: tuple[tuple[str, str | None], ...] = ()
     exact: bool = True
     patient_ids: tuple[str, ...] = field(default=())
+    birth_place: str | None = None
+    domains: tuple[str, ...] = ()
 
     @property
     def empty(self) -> bool:
@@ -64,6 +71,7 @@ class PatientQuery:
             or self.sex
             or self.identifiers
             or self.patient_ids
+            or self.birth_place
         )
 
 
@@ -108,6 +116,16 @@ def statement(query: PatientQuery) -> Select[Patient]:
         stmt = stmt.where(Patient.sex == query.sex)
     if query.patient_ids:
         stmt = stmt.where(Patient.id.in_(query.patient_ids))
+    if query.birth_place:
+        stmt = stmt.where(Patient.birth_place == query.birth_place)
+    if query.domains:
+        stmt = stmt.where(
+            Patient.id.in_(
+                select(PatientIdentifier.patient_id).where(
+                    PatientIdentifier.system.in_(query.domains)
+                )
+            )
+        )
     for system, value in query.identifiers:
         held = select(PatientIdentifier.patient_id).where(
             PatientIdentifier.system == system
