@@ -11,6 +11,11 @@ An instance received again replaces the earlier file and row; an instance
 whose SOP Instance UID is already held for another study or patient is refused,
 as are identifiers that are not UIDs (over-long UIDs are kept, with a warning).
 
+Instances arrive as bytes (:meth:`Archive.store`, the Storage SCP and the
+C-GET client) or as a file already written in the archive's work folder
+(:meth:`Archive.store_file`, the WADO-RS client); both go through the same
+checks and index.
+
 Limitations
 -----------
 Each stored instance is one database transaction.
@@ -88,6 +93,61 @@ class Archive:
         source_ae : str or None
             The AE title that sent it.
         """
+        sop_uid, study_uid, series_uid, warnings = self._admit(ds)
+        path = self.path_for(study_uid, series_uid, sop_uid)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # A name no other writer uses, even for the same instance at once.
+        tmp = self.incoming_file()
+        tmp.write_bytes(encoded)
+        os.replace(tmp, path)
+        replaced = self._index_again_on_race(
+            ds, path, len(encoded), transfer_syntax, source_ae
+        )
+        logger.debug(LOG_STORED, extra={"replaced": replaced})
+        return StoredInstance(sop_uid, study_uid, path, replaced, warnings)
+
+    def store_file(
+        self, part10: Path, ds: Dataset, transfer_syntax: str, source_ae: str | None
+    ) -> StoredInstance:
+        """Move a Part 10 file already on disk into the archive and index it.
+
+        The same checks as :meth:`store`, for clients that receive an instance
+        into a file (WADO-RS) and should not read it back into memory.
+
+        Parameters
+        ----------
+        part10 : pathlib.Path
+            The file, on the archive's file system (see :meth:`incoming_file`);
+            it is moved, not copied, when accepted, and left in place when
+            refused.
+        ds : pydicom.dataset.Dataset
+            The file's dataset (pixel data may be left out), for the index.
+        transfer_syntax : str
+            The transfer syntax UID of the file's dataset.
+        source_ae : str or None
+            The AE title (or other name) of the sender.
+
+        Raises
+        ------
+        server.errors.StoreRefused
+            Identifiers that are not UIDs, or an instance held for another
+            study or patient.
+        """
+        sop_uid, study_uid, series_uid, warnings = self._admit(ds)
+        path = self.path_for(study_uid, series_uid, sop_uid)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        size = part10.stat().st_size
+        os.replace(part10, path)
+        replaced = self._index_again_on_race(ds, path, size, transfer_syntax, source_ae)
+        logger.debug(LOG_STORED, extra={"replaced": replaced})
+        return StoredInstance(sop_uid, study_uid, path, replaced, warnings)
+
+    def incoming_file(self) -> Path:
+        """A fresh name in the archive's work folder, for :meth:`store_file`."""
+        return self.incoming / f"{os.getpid()}-{uuid.uuid4().hex}.part"
+
+    def _admit(self, ds: Dataset) -> tuple[str, str, str, tuple[str, ...]]:
+        """The instance's UIDs and data-quality warnings, or StoreRefused."""
         sop_uid = str(ds.SOPInstanceUID)
         study_uid = str(ds.StudyInstanceUID)
         series_uid = str(ds.SeriesInstanceUID)
@@ -108,32 +168,32 @@ class Archive:
             )
             if len(value) > MAX_UID
         )
-        path = self.path_for(study_uid, series_uid, sop_uid)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # A name no other writer uses, even for the same instance at once.
-        tmp = self.incoming / f"{os.getpid()}-{uuid.uuid4().hex}.part"
-        tmp.write_bytes(encoded)
-        os.replace(tmp, path)
-        for attempt in range(2):
-            try:
-                replaced = self._index(
-                    ds,
-                    sop_uid,
-                    study_uid,
-                    series_uid,
-                    path,
-                    len(encoded),
-                    transfer_syntax,
-                    source_ae,
-                )
-                break
-            except IntegrityError:
-                # The same instance was indexed by another association at once:
-                # the second pass updates that row.
-                if attempt:
-                    raise
-        logger.debug(LOG_STORED, extra={"replaced": replaced})
-        return StoredInstance(sop_uid, study_uid, path, replaced, warnings)
+        return sop_uid, study_uid, series_uid, warnings
+
+    def _index_again_on_race(
+        self,
+        ds: Dataset,
+        path: Path,
+        size: int,
+        transfer_syntax: str,
+        source_ae: str | None,
+    ) -> bool:
+        args = (
+            ds,
+            str(ds.SOPInstanceUID),
+            str(ds.StudyInstanceUID),
+            str(ds.SeriesInstanceUID),
+            path,
+            size,
+            transfer_syntax,
+            source_ae,
+        )
+        try:
+            return self._index(*args)
+        except IntegrityError:
+            # The same instance was indexed by another association at once:
+            # the second pass updates that row.
+            return self._index(*args)
 
     def _check_not_elsewhere(
         self, sop_uid: str, study_uid: str, patient_id: str | None

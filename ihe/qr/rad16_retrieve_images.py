@@ -6,7 +6,16 @@ and classifies the outcome; whether the study is complete is decided by the
 caller, by counting what the cache actually holds, since a final status of
 0x0000 proves nothing when the counters are missing.
 
-Outcomes (PS3.4 C.4.2.1.4, and what PACS really send):
+A retrieve names the whole study (STUDY level), or only some of its series
+(SERIES level: the Study Instance UID and a list of Series Instance UIDs,
+PS3.4 C.4.2.2.1), so that a retry asks only for what is missing.
+
+:class:`RetrieveOutcome` is the vocabulary of every retrieve transport: the
+C-GET client (:mod:`ihe.qr.rad16_retrieve_images_cget`) and the WADO-RS client
+(:mod:`ihe.dicomweb.rad107_wado_rs_retrieve`) answer with it too, and list in
+``studies`` what they stored themselves, for the audit trail.
+
+Outcomes (PS3.4 C.4.2.1.4, PS3.18 10.4.3, and what PACS really send):
 
 ============================  ===============================================
 ``success``                   0x0000
@@ -16,6 +25,8 @@ Outcomes (PS3.4 C.4.2.1.4, and what PACS really send):
 ``association_aborted``       abort, rejection or time-out before a final status
 ``unable_to_process``         0xCxxx, or any other failure status
 ``cancelled``                 0xFE00
+``not_authorised``            HTTP 401 or 403: the site refused our credentials
+``not_found``                 HTTP 404: the site holds nothing under that UID
 ============================  ===============================================
 
 Limitations
@@ -28,13 +39,14 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
 
 from ihe.dicom.ae import make_ae
 from ihe.dicom.sop_classes import StudyRootQueryRetrieveInformationModelMove
+from ihe.dicom.storage_scp import StudyDelivery
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +55,19 @@ SOP_CLASS = str(StudyRootQueryRetrieveInformationModelMove)
 
 
 @dataclass
-class MoveOutcome:
-    """What the site said about one C-MOVE."""
+class RetrieveOutcome:
+    """What the site said about one retrieve (C-MOVE, C-GET or WADO-RS).
+
+    Attributes
+    ----------
+    status : int or None
+        The final DIMSE status (C-MOVE, C-GET).
+    http_status : int or None
+        The HTTP status of the answer (WADO-RS).
+    studies : list of StudyDelivery
+        What the retrieving client stored itself (C-GET, WADO-RS), per study;
+        empty for C-MOVE, where the cache's Storage SCP reports deliveries.
+    """
 
     outcome: str
     status: int | None = None
@@ -53,11 +76,17 @@ class MoveOutcome:
     warning: int | None = None
     failed_uids: list[str] = field(default_factory=list)
     error_comment: str | None = None
+    studies: list[StudyDelivery] = field(default_factory=list)
+    http_status: int | None = None
 
     @property
     def reason(self) -> str:
         """One line for the coordinator, with the status code when known."""
-        code = f" (0x{self.status:04X})" if self.status is not None else ""
+        code = ""
+        if self.status is not None:
+            code = f" (0x{self.status:04X})"
+        elif self.http_status is not None:
+            code = f" (HTTP {self.http_status})"
         text = {
             "success": "the site reported success",
             "partial": f"the site could not send {self.failed or 0} instance(s)",
@@ -66,10 +95,35 @@ class MoveOutcome:
             "association_aborted": "the association was aborted or timed out",
             "unable_to_process": "the site could not process the retrieve",
             "cancelled": "the retrieve was cancelled",
+            "not_authorised": "not authorised by the site",
+            "not_found": "the site holds nothing under this UID",
         }.get(self.outcome, self.outcome)
         if self.error_comment:
             text += f": {self.error_comment}"
         return text + code
+
+
+# The name this class had when C-MOVE was the only transport.
+MoveOutcome = RetrieveOutcome
+
+
+def retrieve_identifier(
+    study_uid: str, series_uids: Sequence[str] | None = None
+) -> Dataset:
+    """The Study Root C-MOVE / C-GET identifier (PS3.4 C.4.2.2.1, C.4.3.2.1).
+
+    STUDY level for the whole study; SERIES level, with the list of Series
+    Instance UIDs, when `series_uids` is given.
+    """
+    identifier = Dataset()
+    if series_uids:
+        identifier.QueryRetrieveLevel = "SERIES"
+        identifier.StudyInstanceUID = study_uid
+        identifier.SeriesInstanceUID = list(series_uids)
+    else:
+        identifier.QueryRetrieveLevel = "STUDY"
+        identifier.StudyInstanceUID = study_uid
+    return identifier
 
 
 def move_study(
@@ -83,13 +137,16 @@ def move_study(
     timeout: float = 30.0,
     tls: ssl.SSLContext | None = None,
     on_progress: Callable[[int, int | None], None] | None = None,
+    series_uids: Sequence[str] | None = None,
 ) -> MoveOutcome:
-    """Ask a site to send `study_uid` to `destination`.
+    """Ask a site to send `study_uid` (or some of its series) to `destination`.
 
     Parameters
     ----------
     on_progress : callable, optional
         Called with (completed, remaining) on each pending response.
+    series_uids : sequence of str, optional
+        Only these series of the study: a SERIES-level C-MOVE.
 
     Returns
     -------
@@ -100,9 +157,7 @@ def move_study(
     ae.acse_timeout = ae.network_timeout = timeout
     ae.dimse_timeout = max(timeout, 600.0)
     ae.add_requested_context(SOP_CLASS)
-    identifier = Dataset()
-    identifier.QueryRetrieveLevel = "STUDY"
-    identifier.StudyInstanceUID = study_uid
+    identifier = retrieve_identifier(study_uid, series_uids)
     tls_args = (tls, host) if tls is not None else None
     assoc = ae.associate(host, port, ae_title=ae_title, tls_args=tls_args)
     if not assoc.is_established:
@@ -120,7 +175,7 @@ def move_study(
                 result.error_comment = f"no final response from {ae_title}"
                 break
             code = int(status.Status)
-            _counters(result, status)
+            read_counters(result, status)
             if code in (0xFF00, 0xFF01):
                 if on_progress is not None:
                     remaining = status.get("NumberOfRemainingSuboperations")
@@ -133,13 +188,7 @@ def move_study(
             result.outcome = classify(code)
             comment = status.get("ErrorComment")
             result.error_comment = str(comment).strip() if comment else None
-            # The list is in the response's Identifier, not its command set
-            # (PS3.4 C.4.2.1.4.2).
-            failed = rsp.get("FailedSOPInstanceUIDList") if rsp is not None else None
-            if failed:
-                result.failed_uids = [
-                    str(u) for u in ([failed] if isinstance(failed, str) else failed)
-                ]
+            result.failed_uids = failed_uids(rsp)
             if result.outcome == "move_destination_unknown":
                 result.error_comment = (
                     f"{ae_title} does not know move destination {destination} (A801)"
@@ -165,7 +214,8 @@ def classify(code: int) -> str:
     return "unable_to_process"
 
 
-def _counters(result: MoveOutcome, status: Dataset) -> None:
+def read_counters(result: RetrieveOutcome, status: Dataset) -> None:
+    """Copy the sub-operation counters a C-MOVE or C-GET response carries."""
     for attr, keyword in (
         ("completed", "NumberOfCompletedSuboperations"),
         ("failed", "NumberOfFailedSuboperations"),
@@ -174,6 +224,17 @@ def _counters(result: MoveOutcome, status: Dataset) -> None:
         value = status.get(keyword)
         if value is not None:
             setattr(result, attr, int(value))
+
+
+def failed_uids(rsp: Dataset | None) -> list[str]:
+    """Failed SOP Instance UID List (0008,0058) of a final response's Identifier.
+
+    The list is in the Identifier, not the command set (PS3.4 C.4.2.1.4.2).
+    """
+    failed = rsp.get("FailedSOPInstanceUIDList") if rsp is not None else None
+    if not failed:
+        return []
+    return [str(u) for u in ([failed] if isinstance(failed, str) else failed)]
 
 
 def _done(result: MoveOutcome) -> MoveOutcome:
