@@ -61,9 +61,16 @@ ENV_PREFIX = "SPIDERS_"
 DEFAULT_MLLP_MAX_FRAME = 10 * 1024 * 1024
 MIN_MLLP_MAX_FRAME = 4096
 DEFAULT_HL7_CHARSET = "UNICODE UTF-8"
+# A worker renews its leases every third of this; below it, renewals would
+# crowd the database.
+MIN_WORKER_LEASE_SECONDS = 3
 RETRIEVE_METHODS = frozenset({"c-move", "c-get", "wado-rs"})
 QUERY_METHODS = frozenset({"c-find", "qido-rs"})
 QUERY_MODELS = frozenset({"study", "patient"})
+# Where discovery finds each site's patient identifier: the local index, or an
+# external PIX Manager asked by ITI-9 (HL7 v2 over MLLP) or ITI-83 (PIXm).
+PIX_SOURCES = frozenset({"local", "iti9", "iti83"})
+DEFAULT_PIX_TIMEOUT = 10.0
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _WINDOW = re.compile(
     r"^(?:(?P<days>[a-z]{3}(?:-[a-z]{3})?(?:,[a-z]{3}(?:-[a-z]{3})?)*)\s+)?"
@@ -183,6 +190,9 @@ class Settings:
     auto_select_modalities: tuple[str, ...] = ("CT", "MR", "PT")
     auto_select_months: int = 24
     prefetch_lead_hours: float = 24.0
+    prefetch_deadline_margin_hours: float = 1.0
+    worker_lease_seconds: int = 60
+    notify_url: str | None = None
     worker_concurrency: int = 4
     queue: str = "spiders"
     jwt_keys: str | None = None
@@ -210,6 +220,15 @@ class Settings:
     mllp_tls_key: Path | None = None
     mllp_tls_client_ca: Path | None = None
     hl7_default_charset: str = DEFAULT_HL7_CHARSET
+    pix_source: str = "local"
+    pix_mllp_host: str | None = None
+    pix_mllp_port: int | None = None
+    pix_url: str | None = None
+    pix_auth_header: str | None = None
+    pix_timeout: float = DEFAULT_PIX_TIMEOUT
+    pix_tls_ca: Path | None = None
+    pix_tls_cert: Path | None = None
+    pix_tls_key: Path | None = None
 
     @property
     def cache_dir(self) -> Path:
@@ -257,6 +276,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         prefetch_lead_hours=_hours(
             get("PREFETCH_LEAD", "24h"), "SPIDERS_PREFETCH_LEAD"
         ),
+        **_prefetch_settings(env),
         worker_concurrency=_int(get("WORKER_CONCURRENCY", "4"), "WORKER_CONCURRENCY"),
         queue=get("QUEUE", "spiders"),
         **_security(env),
@@ -265,7 +285,31 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         directory=load_directory(sites_file) if sites_file else Directory(),
         **_audit_settings(env),
         **_mllp_settings(env),
+        **_pix_settings(env),
     )
+
+
+def _prefetch_settings(env: dict[str, str]) -> dict[str, Any]:
+    """The prefetch deadline, the workers' lease and the notification URL."""
+    margin = _hours(
+        _opt(env, "PREFETCH_DEADLINE_MARGIN") or "1h",
+        "SPIDERS_PREFETCH_DEADLINE_MARGIN",
+    )
+    lease = _int(
+        _opt(env, "WORKER_LEASE_SECONDS") or 60, "SPIDERS_WORKER_LEASE_SECONDS"
+    )
+    if lease < MIN_WORKER_LEASE_SECONDS:
+        raise ConfigurationError(
+            f"SPIDERS_WORKER_LEASE_SECONDS must be at least {MIN_WORKER_LEASE_SECONDS}"
+        )
+    url = _opt(env, "NOTIFY_URL")
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise ConfigurationError("SPIDERS_NOTIFY_URL must be an http(s) URL")
+    return {
+        "prefetch_deadline_margin_hours": margin,
+        "worker_lease_seconds": lease,
+        "notify_url": url,
+    }
 
 
 def _opt(env: dict[str, str], name: str) -> str | None:
@@ -410,6 +454,64 @@ def _mllp_settings(env: dict[str, str]) -> dict[str, Any]:
         "mllp_tls_client_ca": client_ca,
         "hl7_default_charset": charset,
     }
+
+
+def _pix_settings(env: dict[str, str]) -> dict[str, Any]:
+    """The external PIX Manager (``SPIDERS_PIX_*``), checked for its source."""
+    source = (_opt(env, "PIX_SOURCE") or "local").lower()
+    if source not in PIX_SOURCES:
+        raise ConfigurationError(
+            f"SPIDERS_PIX_SOURCE {source!r} is not supported "
+            f"(choose from {', '.join(sorted(PIX_SOURCES))})"
+        )
+    timeout = _float(
+        _opt(env, "PIX_TIMEOUT") or DEFAULT_PIX_TIMEOUT, "SPIDERS_PIX_TIMEOUT"
+    )
+    if timeout <= 0:
+        raise ConfigurationError("SPIDERS_PIX_TIMEOUT must be above 0 seconds")
+    cert, key = _tls_pair(env, "PIX")
+    ca = _path(env, "PIX_TLS_CA")
+    if cert is not None and ca is None:
+        raise ConfigurationError("SPIDERS_PIX_TLS_CERT needs SPIDERS_PIX_TLS_CA")
+    host, port = _pix_mllp(_opt(env, "PIX_MLLP"))
+    url = _opt(env, "PIX_URL")
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise ConfigurationError("SPIDERS_PIX_URL must be an http(s) URL")
+    if source == "iti9" and host is None:
+        raise ConfigurationError(
+            "SPIDERS_PIX_SOURCE=iti9 needs SPIDERS_PIX_MLLP (host:port of the "
+            "PIX Manager's HL7 v2 listener)"
+        )
+    if source == "iti83" and url is None:
+        raise ConfigurationError(
+            "SPIDERS_PIX_SOURCE=iti83 needs SPIDERS_PIX_URL (the PIX Manager's "
+            "FHIR base URL)"
+        )
+    return {
+        "pix_source": source,
+        "pix_mllp_host": host,
+        "pix_mllp_port": port,
+        "pix_url": url.rstrip("/") if url else None,
+        "pix_auth_header": _opt(env, "PIX_AUTH_HEADER"),
+        "pix_timeout": timeout,
+        "pix_tls_ca": ca,
+        "pix_tls_cert": cert,
+        "pix_tls_key": key,
+    }
+
+
+def _pix_mllp(value: str | None) -> tuple[str | None, int | None]:
+    """``SPIDERS_PIX_MLLP`` as (host, port); ``[v6 address]:port`` allowed."""
+    if value is None:
+        return None, None
+    host, colon, port_text = value.rpartition(":")
+    host = host.strip().removeprefix("[").removesuffix("]")
+    port = _int(port_text, "SPIDERS_PIX_MLLP port") if colon else 0
+    if not host or not 0 < port < 65536:
+        raise ConfigurationError(
+            f"SPIDERS_PIX_MLLP {value!r} must be host:port (port 1-65535)"
+        )
+    return host, port
 
 
 def load_directory(path: Path) -> Directory:

@@ -11,11 +11,17 @@ The broker is the one of ``SPIDERS_BROKER_URL``: on one machine kombu's
 SQLAlchemy transport on a SQLite file in the data directory; scaled out, Redis
 or RabbitMQ.
 
+Each pass of the dispatcher also hands to the queue again the prefetches
+whose worker stopped renewing its lease (a worker killed mid-retrieve, on any
+host), flags the registrations whose prefetch deadline passed with studies
+missing (:mod:`server.workflow.deadlines`), and, with ``SPIDERS_NOTIFY_URL``
+set, posts pending events to it in a background thread.
+
 Limitations
 -----------
-Work claimed by a worker that dies is sent again when ``spiders serve`` with
-its embedded worker starts; in the scaled-out mode, where other workers may
-still be running it, nothing resumes it yet.
+A discovery claimed by a worker that dies is sent again only when
+``spiders serve`` with its embedded worker starts (it holds no lease); a
+prefetch is resumed by any live worker once its lease expires.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from mappings.fhir_appointment import ACTIVE_STATUS
 from server import runtime
 from server.config import Settings
 from server.models import Prefetch, PrefetchState, Registration, utcnow
-from server.workflow import discovery, prefetch, selection
+from server.workflow import deadlines, discovery, events, prefetch, selection
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +126,7 @@ def discover_task(registration_id: str) -> str:
 def prefetch_task(prefetch_id: str) -> str:
     """Retrieve one study into the cache."""
     rt = runtime.current()
-    if not prefetch.claim(rt.db, prefetch_id):
+    if not prefetch.claim(rt.db, prefetch_id, rt.settings.worker_lease_seconds):
         return "skipped"
     state = prefetch.run(rt.settings, rt.db, rt.archive, prefetch_id)
     if state == PrefetchState.SCHEDULED:
@@ -189,9 +195,15 @@ def retry(registration_id: str) -> dict[str, int]:
 
 
 def dispatch_due() -> dict[str, int]:
-    """Send the tasks of pending discoveries and due prefetches."""
+    """Send the tasks of pending discoveries, due and abandoned prefetches;
+    flag the registrations late at their deadline; post pending events."""
     rt = runtime.current()
     sent = {"discoveries": 0, "prefetches": 0}
+    for prefetch_id in prefetch.requeue_abandoned(rt.db):
+        _send(prefetch_task, prefetch_id)
+        sent["prefetches"] += 1
+    deadlines.check_due(rt.settings, rt.db)
+    events.deliver_in_background(rt.db, rt.settings.notify_url)
     with rt.db.session() as session:
         pending = session.scalars(
             select(Registration.id).where(Registration.discovery == "pending")

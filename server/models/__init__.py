@@ -3,7 +3,9 @@
 ``Patient``, ``PatientIdentifier`` and ``PatientHistory`` form the patient
 index; ``Board`` and
 ``Registration`` the tumour-board cases; ``SiteQuery`` and ``Candidate`` what
-discovery found; ``Prefetch`` one study's retrieve; ``CachedInstance`` what the
+discovery found; ``Prefetch`` one study's retrieve and ``PrefetchSeries`` its
+series' counts; ``SiteSlot`` and ``SiteSlotUse`` the leases on the sites'
+associations; ``Event`` the notifications for users; ``CachedInstance`` what the
 cache holds; ``Hl7Message`` every HL7 v2 message received and its
 acknowledgement; ``AuditRecord`` the audit outbox, with its search keys and
 delivery state.
@@ -23,10 +25,12 @@ from server.models.registration import (
     Board,
     Candidate,
     Prefetch,
+    PrefetchSeries,
     PrefetchState,
     Registration,
     SiteQuery,
 )
+from server.models.work import Event, SiteSlot, SiteSlotUse
 
 __all__ = [
     "AuditDelivery",
@@ -37,15 +41,19 @@ __all__ = [
     "Board",
     "CachedInstance",
     "Candidate",
+    "Event",
     "Hl7Message",
     "Hl7Outcome",
     "Patient",
     "PatientHistory",
     "PatientIdentifier",
     "Prefetch",
+    "PrefetchSeries",
     "PrefetchState",
     "Registration",
     "SiteQuery",
+    "SiteSlot",
+    "SiteSlotUse",
     "new_id",
     "utcnow",
 ]

@@ -1,9 +1,23 @@
 """Prefetch: retrieve one selected study into the cache and prove it complete.
 
-A study is ``ready`` only when the cache holds at least as many instances of it
-as the site announced (NumberOfStudyRelatedInstances from discovery, or the
-C-MOVE's completed counter when the site gave no count). Whatever the site's
-final status says, the count in the cache decides.
+When a retrieve starts, the site is asked for the study's series and their
+instance counts (a SERIES-level C-FIND, :func:`query_series`), kept as
+``prefetch_series`` rows. The study is ``ready`` only when the cache holds, for
+every series, at least as many instances as the site announced. A site that
+does not answer that query falls back to the study's count:
+NumberOfStudyRelatedInstances from discovery, or the C-MOVE's completed
+counter when the site gave no count. Whatever the site's final status says,
+the count in the cache decides. A retry asks only for the series still
+incomplete, so instances already cached are not fetched again.
+
+Before contacting a site the worker checks its maintenance windows (a
+retrieve due inside one waits for the window's end) and takes one of the
+site's association slots (:mod:`server.workflow.site_slots`), shared by every
+worker on every host; with all slots in use the prefetch waits
+:data:`WAIT_FOR_SLOT_SECONDS` and is tried again. While it runs, the worker
+renews its lease on the prefetch; if the worker dies the lease expires and
+the dispatcher hands the prefetch to another worker
+(:func:`requeue_abandoned`), which asks only for the series still missing.
 
 Failures that may pass (aborted association, a site unable to process, some
 sub-operations failed) are retried with exponential backoff, up to
@@ -12,42 +26,63 @@ reported at once and not retried, since only its administrator can fix it.
 
 Limitations
 -----------
-C-MOVE only. A retry asks for the whole study again; instances already
-cached are received again and replace their copy.
+Series are compared by count, not by SOP Instance UID. A site that does not
+answer SERIES-level C-FIND (or is queried over QIDO-RS) gets the whole study
+asked for again on a retry, and instances already cached are received again
+and replace their copy; so does the series a dead worker left half-received.
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from collections.abc import Mapping
+from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, aliased
 
 from ihe.dicom.archive import Archive
-from ihe.qr.rad16_retrieve_images import MoveOutcome, move_study
+from ihe.qr.rad14_query_images import query_series
+from ihe.qr.rad16_retrieve_images import MoveOutcome
 from server import audit
-from server.config import Settings
+from server.config import Settings, Site
 from server.db import Database
-from server.errors import ConfigurationError
-from server.models import Prefetch, PrefetchState, utcnow
+from server.errors import ConfigurationError, SpidersError
+from server.models import (
+    CachedInstance,
+    Prefetch,
+    PrefetchSeries,
+    PrefetchState,
+    utcnow,
+)
 from server.peers import site_tls
+from server.workflow import site_slots, transports
+from server.workflow.site_slots import worker_id
 
 logger = logging.getLogger(__name__)
 
 LOG_PREFETCH_DONE = "prefetch finished"
+LOG_DEFERRED = "prefetch deferred"
+LOG_LEASE_LOST = "prefetch taken over by another worker; result not recorded"
+LOG_RESUMED = "prefetches of a stopped worker sent again"
+LOG_NO_SERIES = "series counts unavailable, the study count decides"
 MAX_ATTEMPTS = 3
 RETRY_BASE_SECONDS = 20
 RETRYABLE = frozenset({"association_aborted", "unable_to_process", "partial"})
 WAIT_FOR_TWIN_SECONDS = 5
+WAIT_FOR_SLOT_SECONDS = 3
+# A site whose windows never end is tried again after this long.
+MAINTENANCE_HORIZON = timedelta(days=8)
 
 
-def claim(db: Database, prefetch_id: str) -> bool:
+def claim(db: Database, prefetch_id: str, lease_seconds: float = 60) -> bool:
     """Move a queued prefetch to running; False if another worker has it.
 
-    A study already being retrieved for another registration is not asked for
-    twice at once: this prefetch goes back to ``scheduled`` for
-    :data:`WAIT_FOR_TWIN_SECONDS`, and then usually finds the study cached.
+    The prefetch is leased to this worker for `lease_seconds`, renewed while
+    the retrieve runs. A study already being retrieved for another
+    registration is not asked for twice at once: this prefetch goes back to
+    ``scheduled`` for :data:`WAIT_FOR_TWIN_SECONDS`, and then usually finds
+    the study cached.
     """
     twin = aliased(Prefetch)
     running_twin = (
@@ -59,6 +94,7 @@ def claim(db: Database, prefetch_id: str) -> bool:
         )
         .exists()
     )
+    now = utcnow()
     with db.session() as session:
         result = session.execute(
             update(Prefetch)
@@ -69,8 +105,10 @@ def claim(db: Database, prefetch_id: str) -> bool:
             )
             .values(
                 state=PrefetchState.RUNNING,
-                started_at=utcnow(),
+                started_at=now,
                 attempts=Prefetch.attempts + 1,
+                worker=worker_id(),
+                lease_expires_at=now + timedelta(seconds=lease_seconds),
             )
         )
         if getattr(result, "rowcount", 0):
@@ -80,7 +118,7 @@ def claim(db: Database, prefetch_id: str) -> bool:
             .where(Prefetch.id == prefetch_id, Prefetch.state == PrefetchState.QUEUED)
             .values(
                 state=PrefetchState.SCHEDULED,
-                due_at=utcnow() + timedelta(seconds=WAIT_FOR_TWIN_SECONDS),
+                due_at=now + timedelta(seconds=WAIT_FOR_TWIN_SECONDS),
                 reason="the study is being retrieved for another case",
             )
         )
@@ -88,59 +126,76 @@ def claim(db: Database, prefetch_id: str) -> bool:
 
 
 def run(settings: Settings, db: Database, archive: Archive, prefetch_id: str) -> str:
-    """Retrieve the study of a claimed prefetch; returns the final state."""
+    """Retrieve the study of a claimed prefetch; returns the state it ends in."""
     with db.session() as session:
         prefetch = session.get(Prefetch, prefetch_id)
         if prefetch is None:
             return "missing"
         site_name, study_uid = prefetch.site_name, prefetch.study_uid
         expected = prefetch.expected_instances
-    held = archive.count_instances(study_uid)
-    if expected and held >= expected:
-        # Already cached (for another case, or by an earlier attempt).
-        with db.session() as session:
-            prefetch = session.get(Prefetch, prefetch_id)
-            if prefetch is None:
-                return "missing"
-            outcome = MoveOutcome("success", error_comment="already in the cache")
-            state = conclude(prefetch, outcome, held)
-            _log_done(prefetch, outcome)
-        return state
+        known = {s.series_uid: s.expected for s in prefetch.series}
+    if _already_cached(db, study_uid, expected, known):
+        # Cached for another case, or by an earlier attempt.
+        outcome = MoveOutcome("success", error_comment="already in the cache")
+        return _finish(db, prefetch_id, outcome)
     try:
         site = settings.directory.site(site_name)
     except ConfigurationError as exc:
         outcome = MoveOutcome("unable_to_process", error_comment=str(exc))
-    else:
-        audit.prefetch_begins(db, settings, prefetch_id, site)
-        outcome = move_study(
-            calling_ae=settings.ae_title,
-            ae_title=site.ae_title,
-            host=site.host,
-            port=site.port,
-            study_uid=study_uid,
-            destination=settings.ae_title,
-            timeout=site.timeout,
-            tls=site_tls(site),
+        return _finish(db, prefetch_id, outcome)
+    now = utcnow()
+    if site.in_maintenance(now):
+        until = maintenance_end(site, now)
+        reason = (
+            f"site {site.name} is in a maintenance window until "
+            f"{until.isoformat(timespec='minutes')}"
         )
-    received = archive.count_instances(study_uid)
-    with db.session() as session:
-        prefetch = session.get(Prefetch, prefetch_id)
-        if prefetch is None:
-            return "missing"
-        state = conclude(prefetch, outcome, received)
-        _log_done(prefetch, outcome)
-    return state
+        return defer(db, prefetch_id, until, reason)
+    seconds = settings.worker_lease_seconds
+    lease = site_slots.acquire(
+        db, site.name, site.max_associations, seconds=seconds, prefetch_id=prefetch_id
+    )
+    if lease is None:
+        reason = (
+            f"all {site.max_associations} association(s) with site {site.name} "
+            "are in use; waiting for one"
+        )
+        return defer(
+            db, prefetch_id, now + timedelta(seconds=WAIT_FOR_SLOT_SECONDS), reason
+        )
+    renewals = [
+        lambda: site_slots.renew(db, lease, seconds),
+        lambda: renew(db, prefetch_id, seconds),
+    ]
+    try:
+        with site_slots.kept_alive(renewals, interval=seconds / 3):
+            outcome = _fetch(settings, db, archive, site, prefetch_id, study_uid)
+    finally:
+        site_slots.release(db, lease)
+    return _finish(db, prefetch_id, outcome)
 
 
 def conclude(prefetch: Prefetch, outcome: MoveOutcome, received: int) -> str:
-    """Set the prefetch's state from the site's outcome and the cache's count."""
-    expected = prefetch.expected_instances
-    if expected is None and outcome.completed:
-        expected = prefetch.expected_instances = outcome.completed
+    """Set the prefetch's state from the site's outcome and the cache's counts.
+
+    With series counts from the site, every series must be complete; without,
+    the study's count decides.
+    """
+    series = list(prefetch.series)
+    if series:
+        expected: int | None = sum(s.expected for s in series)
+        prefetch.expected_instances = expected
+        complete = all(s.complete for s in series)
+    else:
+        expected = prefetch.expected_instances
+        if expected is None and outcome.completed:
+            expected = prefetch.expected_instances = outcome.completed
+        complete = expected is not None and received >= expected
     prefetch.received_instances = received
     prefetch.dimse_status = outcome.status
     prefetch.finished_at = utcnow()
-    if expected is not None and received >= expected and expected > 0:
+    prefetch.lease_expires_at = None
+    if complete and expected:
         prefetch.state, prefetch.reason = PrefetchState.READY, None
     elif outcome.outcome in RETRYABLE and prefetch.attempts < MAX_ATTEMPTS:
         delay = RETRY_BASE_SECONDS * 2 ** (prefetch.attempts - 1)
@@ -151,15 +206,257 @@ def conclude(prefetch: Prefetch, outcome: MoveOutcome, received: int) -> str:
         )
     else:
         prefetch.state = PrefetchState.PARTIAL if received else PrefetchState.FAILED
-        prefetch.reason = _reason(outcome, received, expected)
+        prefetch.reason = _reason(outcome, received, expected, series)
     return str(prefetch.state)
 
 
-def _reason(outcome: MoveOutcome, received: int, expected: int | None) -> str:
+def incomplete_series(
+    expected: Mapping[str, int], held: Mapping[str, int]
+) -> list[str]:
+    """The series of which the cache holds fewer instances than the site."""
+    return sorted(uid for uid, count in expected.items() if held.get(uid, 0) < count)
+
+
+def held_by_series(db: Database, study_uid: str) -> dict[str, int]:
+    """How many instances of each series of `study_uid` the cache holds."""
+    with db.session() as session:
+        rows = session.execute(
+            select(CachedInstance.series_uid, func.count())
+            .where(CachedInstance.study_uid == study_uid)
+            .group_by(CachedInstance.series_uid)
+        ).all()
+    return {str(uid): int(count) for uid, count in rows}
+
+
+def maintenance_end(site: Site, moment: datetime) -> datetime:
+    """The first minute after `moment` that no maintenance window of `site` covers.
+
+    Windows are set to the minute, so minutes are stepped through; a site
+    covered for longer than :data:`MAINTENANCE_HORIZON` is tried again then.
+    """
+    start = moment.replace(second=0, microsecond=0)
+    step = timedelta(minutes=1)
+    at = start + step
+    while at - start < MAINTENANCE_HORIZON:
+        if not site.in_maintenance(at):
+            return at
+        at += step
+    return at
+
+
+def defer(db: Database, prefetch_id: str, until: datetime, reason: str) -> str:
+    """Put a running prefetch back to ``scheduled`` until `until`, without
+    counting an attempt: the site was not asked anything."""
+    with db.session() as session:
+        session.execute(
+            update(Prefetch)
+            .where(Prefetch.id == prefetch_id, Prefetch.state == PrefetchState.RUNNING)
+            .values(
+                state=PrefetchState.SCHEDULED,
+                due_at=until,
+                reason=reason,
+                attempts=Prefetch.attempts - 1,
+                started_at=None,
+                worker=None,
+                lease_expires_at=None,
+            )
+        )
+    logger.info(LOG_DEFERRED, extra={"prefetch": prefetch_id, "until": until})
+    return str(PrefetchState.SCHEDULED)
+
+
+def renew(db: Database, prefetch_id: str, seconds: float) -> bool:
+    """Extend this worker's lease on a running prefetch; False if not ours."""
+    with db.session() as session:
+        result = session.execute(
+            update(Prefetch)
+            .where(
+                Prefetch.id == prefetch_id,
+                Prefetch.state == PrefetchState.RUNNING,
+                Prefetch.worker == worker_id(),
+            )
+            .values(lease_expires_at=utcnow() + timedelta(seconds=seconds))
+        )
+        return bool(getattr(result, "rowcount", 0))
+
+
+def requeue_abandoned(db: Database, now: datetime | None = None) -> list[str]:
+    """Hand back to the queue the running prefetches whose lease expired.
+
+    Their worker stopped renewing (it died or lost the database); each is
+    moved to ``queued`` by a guarded UPDATE, so one dispatcher only sends it.
+    """
+    now = now or utcnow()
+    expired = (
+        Prefetch.state == PrefetchState.RUNNING,
+        Prefetch.lease_expires_at.is_not(None),
+        Prefetch.lease_expires_at < now,
+    )
+    with db.session() as session:
+        candidates = session.scalars(select(Prefetch.id).where(*expired)).all()
+    requeued = []
+    for prefetch_id in candidates:
+        with db.session() as session:
+            result = session.execute(
+                update(Prefetch)
+                .where(Prefetch.id == prefetch_id, *expired)
+                .values(
+                    state=PrefetchState.QUEUED,
+                    worker=None,
+                    lease_expires_at=None,
+                    reason="resumed: the worker running it stopped",
+                )
+            )
+            if getattr(result, "rowcount", 0):
+                requeued.append(prefetch_id)
+    if requeued:
+        logger.warning(LOG_RESUMED, extra={"prefetches": len(requeued)})
+    return requeued
+
+
+def cancel_for(session: Session, registration_id: str) -> int:
+    """Cancel the scheduled or queued prefetches of a registration."""
+    result = session.execute(
+        update(Prefetch)
+        .where(
+            Prefetch.registration_id == registration_id,
+            Prefetch.state.in_([PrefetchState.SCHEDULED, PrefetchState.QUEUED]),
+        )
+        .values(
+            state=PrefetchState.CANCELLED,
+            finished_at=utcnow(),
+            reason="the registration was cancelled",
+        )
+    )
+    return int(getattr(result, "rowcount", 0))
+
+
+def _already_cached(
+    db: Database, study_uid: str, expected: int | None, known: Mapping[str, int]
+) -> bool:
+    """True when the cache already holds everything the site announced."""
+    held = held_by_series(db, study_uid)
+    if known:
+        return not incomplete_series(known, held)
+    return bool(expected) and sum(held.values()) >= (expected or 0)
+
+
+def _fetch(
+    settings: Settings,
+    db: Database,
+    archive: Archive,
+    site: Site,
+    prefetch_id: str,
+    study_uid: str,
+) -> MoveOutcome:
+    """Inside the site's slot: count its series, then ask for what is missing."""
+    audit.prefetch_begins(db, settings, prefetch_id, site)
+    counts = _site_series(settings, site, study_uid)
+    if counts is None:
+        return _retrieve(settings, archive, site, study_uid)
+    _store_series(db, prefetch_id, counts)
+    missing = incomplete_series(counts, held_by_series(db, study_uid))
+    if not missing:
+        return MoveOutcome("success", error_comment="already in the cache")
+    # Only the series still incomplete; the whole study when none is held.
+    wanted = missing if len(missing) < len(counts) else None
+    return _retrieve(settings, archive, site, study_uid, wanted)
+
+
+def _retrieve(
+    settings: Settings,
+    archive: Archive,
+    site: Site,
+    study_uid: str,
+    series_uids: list[str] | None = None,
+) -> MoveOutcome:
+    """Ask `site` to send the study (or only `series_uids` of it) to the cache."""
+    return transports.retrieve(settings, archive, site, study_uid, series_uids)
+
+
+def _site_series(
+    settings: Settings, site: Site, study_uid: str
+) -> dict[str, int] | None:
+    """The site's series and counts; None when it cannot say (no C-FIND,
+    failure, no series, or a series without a count)."""
+    if site.query != "c-find":
+        return None
+    try:
+        found = query_series(
+            calling_ae=settings.ae_title,
+            ae_title=site.ae_title,
+            host=site.host,
+            port=site.port,
+            study_uid=study_uid,
+            timeout=site.timeout,
+            tls=site_tls(site),
+        )
+    except (SpidersError, OSError, ValueError) as exc:
+        logger.warning(
+            LOG_NO_SERIES, extra={"site": site.name, "error": type(exc).__name__}
+        )
+        return None
+    counts = {uid: n for uid, n in found.items() if n is not None}
+    if not found or len(counts) < len(found):
+        logger.warning(LOG_NO_SERIES, extra={"site": site.name, "series": len(found)})
+        return None
+    return counts
+
+
+def _store_series(db: Database, prefetch_id: str, counts: Mapping[str, int]) -> None:
+    """Make the prefetch's series rows what the site announced just now."""
+    with db.session() as session:
+        prefetch = session.get(Prefetch, prefetch_id)
+        if prefetch is None:
+            return
+        rows = {s.series_uid: s for s in prefetch.series}
+        for uid, row in rows.items():
+            if uid not in counts:
+                prefetch.series.remove(row)
+        for uid, count in counts.items():
+            if uid in rows:
+                rows[uid].expected = count
+            else:
+                prefetch.series.append(
+                    PrefetchSeries(series_uid=uid, expected=count, received=0)
+                )
+
+
+def _finish(db: Database, prefetch_id: str, outcome: MoveOutcome) -> str:
+    """Count what the cache holds and conclude, if the prefetch is still ours."""
+    with db.session() as session:
+        prefetch = session.get(Prefetch, prefetch_id)
+        if prefetch is None:
+            return "missing"
+        study_uid = prefetch.study_uid
+    held = held_by_series(db, study_uid)
+    with db.session() as session:
+        prefetch = session.get(Prefetch, prefetch_id)
+        if prefetch is None:
+            return "missing"
+        if prefetch.state != PrefetchState.RUNNING or prefetch.worker != worker_id():
+            logger.warning(LOG_LEASE_LOST, extra={"prefetch": prefetch_id})
+            return str(prefetch.state)
+        for row in prefetch.series:
+            row.received = held.get(row.series_uid, 0)
+        state = conclude(prefetch, outcome, sum(held.values()))
+        _log_done(prefetch, outcome)
+    return state
+
+
+def _reason(
+    outcome: MoveOutcome,
+    received: int,
+    expected: int | None,
+    series: list[PrefetchSeries],
+) -> str:
     if expected is None:
         count = f"{received} instance(s) received; the site announced no count"
     else:
         count = f"{received} of {expected} instance(s) received"
+    incomplete = sum(1 for s in series if not s.complete)
+    if incomplete:
+        count += f" ({incomplete} of {len(series)} series incomplete)"
     if outcome.outcome == "success":
         return count
     return f"{count}; {outcome.reason}"
@@ -178,20 +475,3 @@ def _log_done(prefetch: Prefetch, outcome: MoveOutcome) -> None:
             "attempt": prefetch.attempts,
         },
     )
-
-
-def cancel_for(session: Session, registration_id: str) -> int:
-    """Cancel the scheduled or queued prefetches of a registration."""
-    result = session.execute(
-        update(Prefetch)
-        .where(
-            Prefetch.registration_id == registration_id,
-            Prefetch.state.in_([PrefetchState.SCHEDULED, PrefetchState.QUEUED]),
-        )
-        .values(
-            state=PrefetchState.CANCELLED,
-            finished_at=utcnow(),
-            reason="the registration was cancelled",
-        )
-    )
-    return int(getattr(result, "rowcount", 0))

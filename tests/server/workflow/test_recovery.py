@@ -258,10 +258,10 @@ def test_study_already_cached_is_ready_without_a_retrieve(
     from server.models import CachedInstance
     from server.workflow import prefetch as prefetch_workflow
 
-    def no_move(**_: object) -> None:
+    def no_retrieve(*_: object, **__: object) -> None:
         raise AssertionError("the study was asked for again")
 
-    monkeypatch.setattr(prefetch_workflow, "move_study", no_move)
+    monkeypatch.setattr(prefetch_workflow, "_retrieve", no_retrieve)
     seed(rt, PrefetchState.QUEUED)
     with rt.db.session() as session:
         session.get(Prefetch, "f1").expected_instances = 3  # type: ignore[union-attr]
@@ -280,3 +280,20 @@ def test_study_already_cached_is_ready_without_a_retrieve(
     assert prefetch_workflow.claim(rt.db, "f1")
     state = prefetch_workflow.run(rt.settings, rt.db, rt.archive, "f1")
     assert state == PrefetchState.READY
+
+
+def test_dispatch_due_sends_a_prefetch_whose_worker_lease_expired(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent: list[tuple[str, str]] = []
+    monkeypatch.setattr(tasks, "_send", lambda task, row: sent.append((task.name, row)))
+    seed(rt, PrefetchState.RUNNING)
+    with rt.db.session() as session:
+        running = session.get(Prefetch, "f1")
+        assert running is not None
+        running.worker = "gone-host:4242"
+        running.lease_expires_at = datetime.now(UTC) - timedelta(seconds=1)
+    assert tasks.dispatch_due() == {"discoveries": 0, "prefetches": 1}
+    assert sent == [("spiders.prefetch", "f1")]
+    assert state_of(rt) == ("done", "queued", "resumed: the worker running it stopped")
+    assert tasks.dispatch_due() == {"discoveries": 0, "prefetches": 0}
