@@ -283,6 +283,54 @@ def hl7_query(
     outbox.record(session, xml, patient_id=patient_id)
 
 
+def pix_consumer_query(
+    session: Session,
+    settings: Settings,
+    *,
+    transaction: Code | CodedEnum,
+    manager: str,
+    manager_host: str,
+    query: bytes,
+    query_id: str,
+    source_cx: str,
+    patient: Patient,
+    outcome: int,
+    sender: str | None = None,
+    message_id: str | None = None,
+    registration_id: str | None = None,
+) -> None:
+    """Query (110112) sent: SPIDERS, as PIX Consumer, asked a PIX Manager.
+
+    `transaction` is ITI-9 or ITI-83; `manager` names the PIX Manager (its
+    ``host:port`` or FHIR base), `query` is the QPD segment or the query
+    string as sent, `source_cx` the identifier asked about (HL7 CX). For
+    ITI-9, `sender` is ``MSH-3|MSH-4`` and `message_id` MSH-10 of the query.
+    """
+    consumer = us(settings, requestor=True)
+    if sender:
+        consumer = messages.Participant(
+            user_id=sender,
+            alternative_user_id=str(os.getpid()),
+            user_name=APPLICATION_NAME,
+            is_requestor=True,
+            network_access_point=settings.mllp_host,
+        )
+    xml = messages.patient_query(
+        transaction=transaction,
+        query_id=query_id,
+        query=query,
+        source=consumer,
+        destination=messages.Participant(
+            user_id=manager, network_access_point=manager_host or None
+        ),
+        audit_source=audit_source(settings),
+        patients=[(source_cx, patient_name(patient))],
+        outcome=outcome,
+        message_id=message_id,
+    )
+    outbox.record(session, xml, registration_id=registration_id, patient_id=patient.id)
+
+
 def console_query(
     session: Session,
     settings: Settings,

@@ -115,6 +115,7 @@ def test_identity_corpus_exact_studies_and_no_wrong_patient(
         assert registration is not None
         if registration.discovery == "pending":
             _discover(corpus_rt, session, registration)
+        assert registration.identity_source == "local"
         fetchable = {c.study_uid for c in registration.candidates if c.selected}
         flagged = {c.study_uid for c in registration.candidates if needs_review(c)}
     by_uid = {sites.uids[(scenario["id"], s["key"])]: s for s in scenario["studies"]}

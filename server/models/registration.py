@@ -77,6 +77,9 @@ class Registration(Base):
     identifier_value: Mapped[str | None] = mapped_column(String(128))
     hints: Mapped[dict[str, list[str]]] = mapped_column(JSON, default=dict)
     discovery: Mapped[str] = mapped_column(String(16), default="pending")
+    # Where the site identifiers came from at the last discovery: local, iti9
+    # or iti83 (the region's PIX Manager), with a note when it was unavailable.
+    identity_source: Mapped[str | None] = mapped_column(String(64))
     resource: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(

@@ -54,6 +54,7 @@ from server.config import Settings, Site
 from server.errors import PeerError
 from server.models import Candidate, Registration, SiteQuery, utcnow
 from server.peers import site_tls
+from server.workflow import pix_source
 from server.workflow.vigilance import identity_warning
 
 logger = logging.getLogger(__name__)
@@ -119,12 +120,15 @@ def discover(
     """
     patient = registration.patient
     hints = hints_of(registration)
+    # The patient's identifier in each site's domain, from the index or the
+    # region's PIX Manager (asked once for every site).
+    ids = pix_source.site_identifiers(settings, session, patient, registration.id)
+    registration.identity_source = ids.source.value + (
+        " (unavailable: local index used)" if ids.fallback else ""
+    )
     answers = _query_sites(
         settings,
-        [
-            (site, patient.identifier_in(site.patient_id_domain))
-            for site in settings.directory.sites
-        ],
+        [(site, ids.get(site.patient_id_domain)) for site in settings.directory.sites],
         hints,
         now or utcnow(),
     )
@@ -142,6 +146,8 @@ def discover(
             "sites": len(answers),
             "studies": found,
             "failed_sites": sum(1 for a in answers if a.error),
+            "pix_source": ids.source.value,
+            "pix_fallback": ids.fallback,
         },
     )
 

@@ -143,6 +143,7 @@ def registration_json(
         "status": registration.status,
         "state": registration_state(registration),
         "discovery": registration.discovery,
+        "identitySource": registration.identity_source,
         "deadline": deadline.isoformat() if deadline else None,
         "late": registration.late_reason,
         "sites": [
