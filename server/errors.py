@@ -31,7 +31,10 @@ builder); code in between never translates, it raises and chains with
     ├── StoreRefused                DICOM C-STORE 0xC000 with an Error Comment
     └── PeerError                   a remote system failed us
         ├── AssociationFailed       DICOM association rejected, aborted or refused
-        └── DimseFailure            DIMSE failure status from a peer
+        ├── DimseFailure            DIMSE failure status from a peer
+        └── PixQueryError           the region's PIX Manager refused a query
+            │                       (HL7 AE/AR with ERR, HTTP 4xx)
+            └── UnknownPixDomainError  it does not know one of our domains
 
 ``issues`` on an :class:`InputError` is a list of ``(expression, message)`` pairs
 that becomes one OperationOutcome issue each.
@@ -212,3 +215,52 @@ class DimseFailure(PeerError):
     def __init__(self, message: str, status: int) -> None:
         super().__init__(message)
         self.status = status
+
+
+class PixQueryError(PeerError):
+    """The PIX Manager refused the query (HL7 ``AE``/``AR``, HTTP 4xx).
+
+    Parameters
+    ----------
+    message : str
+        What was refused; never patient data.
+    code : int, optional
+        ERR-3 (HL7 table 0357) of the first error, for ITI-9.
+    location : sequence of str or int
+        ERR-2 of the first error, for ITI-9.
+    status : int, optional
+        The HTTP status, for ITI-83.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: int | None = None,
+        location: Sequence[str | int] = (),
+        status: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.location: tuple[str | int, ...] = tuple(location)
+        self.status = status
+
+
+class UnknownPixDomainError(PixQueryError):
+    """The PIX Manager does not recognise a domain of the query.
+
+    ``domains`` names the domains it refused: the source identifier's, or
+    the wanted ones it named (all of those asked when it did not say which).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        domains: Sequence[str],
+        *,
+        code: int | None = None,
+        location: Sequence[str | int] = (),
+        status: int | None = None,
+    ) -> None:
+        super().__init__(message, code=code, location=location, status=status)
+        self.domains = tuple(domains)

@@ -51,13 +51,9 @@ from urllib.parse import urlencode
 
 import requests
 
-from ihe.pix.iti9_pix_consumer import (
-    CrossReference,
-    PixQueryError,
-    UnknownPixDomainError,
-)
+from ihe.pix.iti9_pix_consumer import CrossReference
 from mappings.identifiers import Identifier, authority_to_system, system_to_authority
-from server.errors import PeerError
+from server.errors import PeerError, PixQueryError, UnknownPixDomainError
 
 logger = logging.getLogger(__name__)
 

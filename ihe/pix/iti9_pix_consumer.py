@@ -61,7 +61,12 @@ from ihe.hl7v2.ack import PARIS
 from ihe.hl7v2.codes import AckCode, ErrorCode
 from ihe.hl7v2.query import QueryStatus
 from mappings.identifiers import Identifier, is_oid
-from server.errors import MessageError, PeerError
+from server.errors import (
+    MessageError,
+    PeerError,
+    PixQueryError,
+    UnknownPixDomainError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -94,55 +99,6 @@ class CrossReference:
 
     known: bool
     identifiers: tuple[Identifier, ...] = ()
-
-
-class PixQueryError(PeerError):
-    """The PIX Manager refused the query (HL7 ``AE``/``AR``, HTTP 4xx).
-
-    Parameters
-    ----------
-    message : str
-        What was refused; never patient data.
-    code : int, optional
-        ERR-3 (HL7 table 0357) of the first error, for ITI-9.
-    location : sequence of str or int
-        ERR-2 of the first error, for ITI-9.
-    status : int, optional
-        The HTTP status, for ITI-83.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        code: int | None = None,
-        location: Sequence[str | int] = (),
-        status: int | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.location: tuple[str | int, ...] = tuple(location)
-        self.status = status
-
-
-class UnknownPixDomainError(PixQueryError):
-    """The PIX Manager does not recognise a domain of the query.
-
-    ``domains`` names the domains it refused: the source identifier's, or
-    the wanted ones it named (all of those asked when it did not say which).
-    """
-
-    def __init__(
-        self,
-        message: str,
-        domains: Sequence[str],
-        *,
-        code: int | None = None,
-        location: Sequence[str | int] = (),
-        status: int | None = None,
-    ) -> None:
-        super().__init__(message, code=code, location=location, status=status)
-        self.domains = tuple(domains)
 
 
 @dataclass(frozen=True)

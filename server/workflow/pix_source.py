@@ -55,12 +55,12 @@ from ihe.atna.codes import EventOutcomeIndicator, EventTypeCode
 from ihe.pix import iti9_pix_consumer as iti9
 from ihe.pix import iti83_pixm_consumer as iti83
 from ihe.pix import patient_index
-from ihe.pix.iti9_pix_consumer import CrossReference, PixQueryError
+from ihe.pix.iti9_pix_consumer import CrossReference
 from ihe.tls import client_context
 from mappings.identifiers import Identifier, to_cx
 from server import audit
 from server.config import Settings
-from server.errors import PeerError
+from server.errors import PeerError, PixQueryError
 from server.models import Patient, PatientHistory, PatientIdentifier
 
 logger = logging.getLogger(__name__)

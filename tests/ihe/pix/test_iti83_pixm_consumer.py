@@ -13,13 +13,9 @@ from typing import Any
 import pytest
 
 from ihe.pix import iti83_pixm_consumer as iti83
-from ihe.pix.iti9_pix_consumer import (
-    CrossReference,
-    PixQueryError,
-    UnknownPixDomainError,
-)
+from ihe.pix.iti9_pix_consumer import CrossReference
 from mappings.identifiers import Identifier
-from server.errors import PeerError
+from server.errors import PeerError, PixQueryError, UnknownPixDomainError
 
 A, B, C = "2.999.6.1", "2.999.6.2", "2.999.6.3"
 SOURCE = Identifier(A, "A-1|2")

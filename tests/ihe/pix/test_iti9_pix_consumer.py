@@ -14,14 +14,9 @@ import pytest
 from ihe.hl7v2 import er7, mllp
 from ihe.hl7v2.ack import PARIS
 from ihe.pix import iti9_pix_consumer as iti9
-from ihe.pix.iti9_pix_consumer import (
-    CrossReference,
-    MllpPeer,
-    PixQueryError,
-    UnknownPixDomainError,
-)
+from ihe.pix.iti9_pix_consumer import CrossReference, MllpPeer
 from mappings.identifiers import Identifier
-from server.errors import PeerError
+from server.errors import PeerError, PixQueryError, UnknownPixDomainError
 
 A, B, C = "2.999.5.1", "2.999.5.2", "2.999.5.3"
 SOURCE = Identifier(A, "A-1001")
