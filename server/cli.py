@@ -290,6 +290,68 @@ def sites() -> None:
     """The producing sites of the sites file."""
 
 
+@sites.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def sites_list(as_json: bool) -> None:
+    """The sites as the database holds them (what every worker sees)."""
+    import json
+
+    from server import site_directory
+
+    rt = _runtime(quiet=True)
+    rows = site_directory.records(rt.db)
+    columns = (
+        "name",
+        "active",
+        "ae_title",
+        "host",
+        "port",
+        "patient_id_domain",
+        "query",
+        "query_model",
+        "retrieve",
+        "dicomweb_url",
+        "max_associations",
+        "timeout",
+        "maintenance",
+        "timezone",
+        "bandwidth_mbps",
+    )
+    if as_json:
+        # The DICOMweb auth header is a secret: say only whether there is one.
+        data = [
+            {c: getattr(r, c) for c in columns}
+            | {
+                "dicomweb_auth": r.dicomweb_auth_header is not None,
+                "tls": bool(r.tls_ca),
+            }
+            for r in rows
+        ]
+        click.echo(json.dumps(data, indent=2))
+        return
+    table = Table(title="Sites in the database", expand=False)
+    for column in ("site", "active", "AE", "address", "domain", "query", "retrieve"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("limits", overflow="fold")
+    for r in rows:
+        limits = f"{r.max_associations} assoc, {r.timeout:g} s"
+        if r.bandwidth_mbps:
+            limits += f", {r.bandwidth_mbps:g} Mbit/s"
+        if r.maintenance:
+            limits += f", maintenance {'; '.join(r.maintenance)} ({r.timezone})"
+        table.add_row(
+            r.name,
+            "yes" if r.active else "no",
+            r.ae_title,
+            f"{r.host}:{r.port}",
+            r.patient_id_domain,
+            f"{r.query} ({r.query_model} root)" if r.query == "c-find" else r.query,
+            r.retrieve,
+            limits,
+        )
+    Console(width=200).print(table)
+
+
 @sites.command("check")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def sites_check(as_json: bool) -> None:

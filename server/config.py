@@ -64,6 +64,8 @@ DEFAULT_HL7_CHARSET = "UNICODE UTF-8"
 # A worker renews its leases every third of this; below it, renewals would
 # crowd the database.
 MIN_WORKER_LEASE_SECONDS = 3
+# The first retry delay of a failed retrieve; each further retry doubles it.
+MAX_RETRY_BASE_SECONDS = 86400
 RETRIEVE_METHODS = frozenset({"c-move", "c-get", "wado-rs"})
 QUERY_METHODS = frozenset({"c-find", "qido-rs"})
 QUERY_MODELS = frozenset({"study", "patient"})
@@ -91,6 +93,13 @@ class MaintenanceWindow:
     days: frozenset[int]
     start: time
     end: time
+
+    def __str__(self) -> str:
+        """The window as a sites file writes it: ``sat,sun 01:00-05:00``."""
+        span = f"{self.start:%H:%M}-{self.end:%H:%M}"
+        if len(self.days) == len(DAYS):
+            return span
+        return ",".join(DAYS[d - 1] for d in sorted(self.days)) + " " + span
 
     def covers(self, moment: datetime) -> bool:
         """True when `moment` (in the site's time zone) falls in this window."""
@@ -192,6 +201,7 @@ class Settings:
     prefetch_lead_hours: float = 24.0
     prefetch_deadline_margin_hours: float = 1.0
     worker_lease_seconds: int = 60
+    retry_base_seconds: float = 20.0
     notify_url: str | None = None
     worker_concurrency: int = 4
     queue: str = "spiders"
@@ -290,7 +300,8 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
 
 
 def _prefetch_settings(env: dict[str, str]) -> dict[str, Any]:
-    """The prefetch deadline, the workers' lease and the notification URL."""
+    """The prefetch deadline, the workers' lease, the notification URL and the
+    first retry delay of a failed retrieve."""
     margin = _hours(
         _opt(env, "PREFETCH_DEADLINE_MARGIN") or "1h",
         "SPIDERS_PREFETCH_DEADLINE_MARGIN",
@@ -305,10 +316,19 @@ def _prefetch_settings(env: dict[str, str]) -> dict[str, Any]:
     url = _opt(env, "NOTIFY_URL")
     if url is not None and not url.startswith(("http://", "https://")):
         raise ConfigurationError("SPIDERS_NOTIFY_URL must be an http(s) URL")
+    retry_base = _float(
+        _opt(env, "RETRY_BASE_SECONDS") or 20, "SPIDERS_RETRY_BASE_SECONDS"
+    )
+    if not 0 < retry_base <= MAX_RETRY_BASE_SECONDS:
+        raise ConfigurationError(
+            "SPIDERS_RETRY_BASE_SECONDS must be above 0 and at most "
+            f"{MAX_RETRY_BASE_SECONDS}"
+        )
     return {
         "prefetch_deadline_margin_hours": margin,
         "worker_lease_seconds": lease,
         "notify_url": url,
+        "retry_base_seconds": retry_base,
     }
 
 

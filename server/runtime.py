@@ -12,6 +12,7 @@ from functools import cached_property
 from ihe.dicom.archive import Archive
 from ihe.iua import dev_keys
 from ihe.iua.tokens import KeySet, TokenVerifier
+from server import site_directory
 from server.config import Settings, load_settings
 from server.db import Database
 
@@ -34,6 +35,8 @@ class Runtime:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         db = Database(self.settings.database_url)
         db.create_schema()
+        if self.settings.sites_file is not None:
+            site_directory.sync(db, self.settings.directory)
         return db
 
     @cached_property

@@ -30,6 +30,7 @@ from server.models.registration import (
     Registration,
     SiteQuery,
 )
+from server.models.site import SiteRecord
 from server.models.work import Event, SiteSlot, SiteSlotUse
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "PrefetchState",
     "Registration",
     "SiteQuery",
+    "SiteRecord",
     "SiteSlot",
     "SiteSlotUse",
     "new_id",
