@@ -104,7 +104,7 @@ def discover_task(registration_id: str) -> str:
             registration = session.get(Registration, registration_id)
             if registration is None:
                 return "missing"
-            discovery.discover(rt.settings, session, registration)
+            discovery.discover(rt.settings, session, registration, db=rt.db)
             if registration.status in ACTIVE_STATUS:
                 selection.auto_select(rt.settings, registration)
                 selection.schedule(rt.settings, registration)
@@ -205,6 +205,16 @@ def dispatch_due() -> dict[str, int]:
     deadlines.check_due(rt.settings, rt.db)
     events.deliver_in_background(rt.db, rt.settings.notify_url)
     with rt.db.session() as session:
+        # Sites skipped for maintenance or because they were busy: ask again.
+        session.execute(
+            update(Registration)
+            .where(
+                Registration.rediscover_at <= utcnow(),
+                Registration.discovery.in_(["done", "failed"]),
+                Registration.status.in_(sorted(ACTIVE_STATUS)),
+            )
+            .values(discovery="pending", rediscover_at=None)
+        )
         pending = session.scalars(
             select(Registration.id).where(Registration.discovery == "pending")
         ).all()

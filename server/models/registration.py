@@ -80,6 +80,8 @@ class Registration(Base):
     # Where the site identifiers came from at the last discovery: local, iti9
     # or iti83 (the region's PIX Manager), with a note when it was unavailable.
     identity_source: Mapped[str | None] = mapped_column(String(64))
+    # Sites skipped (maintenance, busy) are asked again from this moment.
+    rediscover_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     resource: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(

@@ -27,15 +27,16 @@ held at several sites, a warning from any copy applies.
 
 Limitations
 -----------
-A site skipped for maintenance is not asked again when its window ends;
-discovery runs again only when the registration is retried. The queries do not
-take one of the site's ``max_associations`` slots. A candidate found again on
-a later discovery keeps its site even if another copy now has more instances.
+A candidate found again on a later discovery keeps its site even if another
+copy now has more instances. A site's query waits at most its ``timeout`` for
+a free association slot; the site is then reported busy and asked again
+:data:`BUSY_RETRY` later, not sooner.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -51,10 +52,11 @@ from mappings.dicom_study import QueryResult, StudyFound
 from mappings.identifiers import Identifier, to_cx
 from server import audit
 from server.config import Settings, Site
+from server.db import Database
 from server.errors import PeerError
 from server.models import Candidate, Registration, SiteQuery, utcnow
 from server.peers import site_tls
-from server.workflow import pix_source
+from server.workflow import pix_source, site_slots
 from server.workflow.vigilance import identity_warning
 
 logger = logging.getLogger(__name__)
@@ -62,6 +64,10 @@ logger = logging.getLogger(__name__)
 LOG_DISCOVERY_DONE = "discovery done"
 LOG_SITE_FAILED = "site query failed"
 LOG_SITE_IN_MAINTENANCE = "site in maintenance, not queried"
+LOG_SITE_BUSY = "site busy, not queried"
+# A busy site (every association slot taken) is asked again this much later.
+BUSY_RETRY = timedelta(seconds=30)
+SLOT_POLL_SECONDS = 0.2
 MAX_PARALLEL_SITES = 16
 # Keys of Registration.hints, as the order and appointment intake write them.
 ACCESSION_HINTS = "accessionNumbers"
@@ -93,6 +99,7 @@ class SiteAnswer:
     result: QueryResult | None = None
     error: str | None = None
     maintenance_until: datetime | None = None
+    busy: bool = False
 
 
 @dataclass
@@ -112,11 +119,15 @@ def discover(
     session: Session,
     registration: Registration,
     now: datetime | None = None,
+    db: Database | None = None,
 ) -> None:
     """Query every site for `registration`'s patient and record what was found.
 
     The registration must be attached to `session`, which the caller commits.
-    `now` (aware) decides which sites are in a maintenance window.
+    `now` (aware) decides which sites are in a maintenance window. With `db`,
+    each query holds one of the site's association slots (shared by every
+    worker); a site skipped for maintenance or because it was busy makes the
+    registration due for another discovery (``rediscover_at``).
     """
     patient = registration.patient
     hints = hints_of(registration)
@@ -131,7 +142,9 @@ def discover(
         [(site, ids.get(site.patient_id_domain)) for site in settings.directory.sites],
         hints,
         now or utcnow(),
+        db,
     )
+    registration.rediscover_at = _rediscover_at(answers, now or utcnow())
     registration.site_queries.clear()
     session.flush()
     for answer in answers:
@@ -184,6 +197,7 @@ def _query_sites(
     targets: list[tuple[Site, str | None]],
     hints: Hints,
     moment: datetime,
+    db: Database | None = None,
 ) -> list[SiteAnswer]:
     answers = [SiteAnswer(site, local_id) for site, local_id in targets]
     for answer in answers:
@@ -198,7 +212,9 @@ def _query_sites(
         max_workers=min(len(todo), MAX_PARALLEL_SITES), thread_name_prefix="discover"
     ) as pool:
         futures = {
-            pool.submit(_query_one, settings, a.site, a.local_id or "", hints): a
+            pool.submit(
+                _query_slotted, settings, db, a.site, a.local_id or "", hints
+            ): a
             for a in todo
         }
         for future, answer in futures.items():
@@ -210,7 +226,42 @@ def _query_sites(
                     LOG_SITE_FAILED,
                     extra={"site": answer.site.name, "error": str(exc)},
                 )
+                continue
+            if answer.result is None:
+                answer.busy = True
+                logger.info(LOG_SITE_BUSY, extra={"site": answer.site.name})
     return answers
+
+
+def _query_slotted(
+    settings: Settings, db: Database | None, site: Site, local_id: str, hints: Hints
+) -> QueryResult | None:
+    """Query `site` while holding one of its association slots (when `db`);
+    ``None`` when every slot stayed taken for the site's whole timeout."""
+    if db is None:
+        return _query_one(settings, site, local_id, hints)
+    deadline = time.monotonic() + site.timeout
+    lease_seconds = max(settings.worker_lease_seconds, site.timeout * 3)
+    while True:
+        lease = site_slots.acquire(
+            db, site.name, site.max_associations, seconds=lease_seconds
+        )
+        if lease is not None:
+            break
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(SLOT_POLL_SECONDS)
+    try:
+        return _query_one(settings, site, local_id, hints)
+    finally:
+        site_slots.release(db, lease)
+
+
+def _rediscover_at(answers: list[SiteAnswer], now: datetime) -> datetime | None:
+    """When to ask again the sites that were skipped: busy, or in maintenance."""
+    moments = [a.maintenance_until for a in answers if a.maintenance_until]
+    moments += [now + BUSY_RETRY for a in answers if a.busy]
+    return min(moments, default=None)
 
 
 def _query_one(
@@ -252,12 +303,19 @@ def _record_site(
     settings: Settings, session: Session, registration: Registration, answer: SiteAnswer
 ) -> None:
     site = answer.site
-    if answer.local_id is None or answer.maintenance_until is not None:
-        status, reason = (
-            ("no-identifier", "the patient has no identifier in this site's domain")
-            if answer.local_id is None
-            else ("maintenance", _maintenance_reason(answer))
-        )
+    if answer.local_id is None or answer.maintenance_until is not None or answer.busy:
+        if answer.local_id is None:
+            status = "no-identifier"
+            reason = "the patient has no identifier in this site's domain"
+        elif answer.busy:
+            status = "busy"
+            reason = (
+                f"all {site.max_associations} association(s) with the site were in "
+                f"use for {site.timeout:g} s; asked again in "
+                f"{int(BUSY_RETRY.total_seconds())} s"
+            )
+        else:
+            status, reason = "maintenance", _maintenance_reason(answer)
         registration.site_queries.append(
             SiteQuery(
                 site_name=site.name,

@@ -20,9 +20,11 @@ from typing import Any
 
 import pydicom
 import pytest
+from sqlalchemy import select
 
 from ihe.dicomweb.rad129_qido_rs_query import Endpoint, search_for_studies
 from ihe.qr.rad14_query_images import query_studies
+from server import tasks
 from server.config import Directory, MaintenanceWindow, Settings, Site
 from server.demo.studies import (
     DemoPatient,
@@ -32,8 +34,9 @@ from server.demo.studies import (
     generate_study,
 )
 from server.errors import PeerError
-from server.models import Patient, PatientIdentifier, Registration
+from server.models import Patient, PatientIdentifier, Registration, SiteSlotUse
 from server.runtime import Runtime
+from server.workflow import site_slots
 from server.workflow.discovery import discover
 from tests.peers import LOCALHOST, OrthancPeer, require
 
@@ -272,12 +275,15 @@ def test_discover_region_dedupe_dead_site_and_maintenance(
             c.study_uid: (c.site_name, c.num_instances, c.also_at, c.hinted)
             for c in reg.candidates
         }
+        rediscover_at = reg.rediscover_at
     assert rows == {
         "site-a": ("ok", 3),
         "site-b": ("ok", 1),
         "site-dead": ("failed", 0),
         "site-maint": ("maintenance", 0),
     }
+    # Asked again when the window ends: 12:00 in Paris is 10:00 UTC.
+    assert rediscover_at == datetime(2025, 6, 2, 10, 0, tzinfo=UTC)
     assert reasons["site-maint"] == (
         "in a maintenance window until 2025-06-02 12:00 (Europe/Paris); not queried"
     )
@@ -322,3 +328,58 @@ def test_discover_hints_mark_and_select_hinted_study(
         region.only_a_ct.study_uid: (False, False, None),
         region.only_a_mr.study_uid: (True, True, "hint"),
     }
+
+
+def test_discover_site_with_every_slot_taken_is_busy_and_asked_again(
+    rt: Runtime, region: Region
+) -> None:
+    site = _site("site-a", region.a.dicom_port, A_DOMAIN, max_associations=1, timeout=1)
+    settings = dataclasses.replace(rt.settings, directory=Directory(sites=(site,)))
+    reg_id = _registration(rt, {})
+    held = site_slots.acquire(rt.db, "site-a", 1, seconds=60, holder="other:1")
+    assert held is not None
+    now = datetime(2025, 6, 2, 9, 0, tzinfo=UTC)
+    with rt.db.session() as session:
+        registration = session.get(Registration, reg_id)
+        assert registration is not None
+        discover(settings, session, registration, now=now, db=rt.db)
+        rows = [(q.site_name, q.status, q.reason) for q in registration.site_queries]
+        assert registration.rediscover_at == datetime(2025, 6, 2, 9, 0, 30, tzinfo=UTC)
+    assert rows == [
+        (
+            "site-a",
+            "busy",
+            "all 1 association(s) with the site were in use for 1 s; "
+            "asked again in 30 s",
+        )
+    ]
+    # Once the slot is free, the query holds it and gives it back.
+    site_slots.release(rt.db, held)
+    with rt.db.session() as session:
+        registration = session.get(Registration, reg_id)
+        assert registration is not None
+        discover(settings, session, registration, now=now, db=rt.db)
+        assert [(q.status, q.studies_found) for q in registration.site_queries] == [
+            ("ok", 3)
+        ]
+        assert registration.rediscover_at is None
+    with rt.db.session() as session:
+        uses = session.scalars(select(SiteSlotUse).order_by(SiteSlotUse.id)).all()
+        assert [(u.holder, u.ended_at is not None) for u in uses] == [
+            ("other:1", True),
+            (site_slots.worker_id(), True),
+        ]
+
+
+def test_dispatch_sends_discovery_again_when_due(rt: Runtime) -> None:
+    reg_id = _registration(rt, {})
+    with rt.db.session() as session:
+        registration = session.get(Registration, reg_id)
+        assert registration is not None
+        registration.discovery = "done"
+        registration.rediscover_at = datetime(2025, 6, 2, 10, 0, tzinfo=UTC)
+    tasks.dispatch_due()
+    with rt.db.session() as session:
+        registration = session.get(Registration, reg_id)
+        assert registration is not None
+        assert (registration.discovery, registration.rediscover_at) == ("queued", None)
