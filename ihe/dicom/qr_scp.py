@@ -11,6 +11,11 @@ lists, and date ranges. Study- and series-level counts
 NumberOfSeriesRelatedInstances) and ModalitiesInStudy are computed from what the
 archive holds.
 
+Instances go out in the transfer syntax they are stored in when the peer
+accepts it, else decoded to an uncompressed syntax; an instance that can go out
+in neither fails alone, listed in the Failed SOP Instance UID List (see
+:mod:`ihe.dicom.transfer_syntaxes`).
+
 Limitations
 -----------
 Study Root and Patient Root information models only; relational queries and
@@ -31,8 +36,16 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import evt
 from pynetdicom.events import Event
+from pynetdicom.presentation import PresentationContext
 
 from ihe.dicom.archive import Archive
+from ihe.dicom.transfer_syntaxes import (
+    DestinationWatch,
+    destination_with_contexts,
+    not_sent,
+    prepare,
+    propose_contexts,
+)
 from mappings.names import fold
 from server.models import CachedInstance
 
@@ -44,7 +57,6 @@ LOG_RETRIEVE = "retrieve sub-operations started"
 STATUS_PENDING = 0xFF00
 STATUS_SUCCESS = 0x0000
 STATUS_IDENTIFIER_MISMATCH = 0xA900
-STATUS_UNABLE_TO_PROCESS = 0xC000
 
 # Keyword → CachedInstance column, per level that owns the attribute.
 PATIENT_KEYS = {
@@ -146,7 +158,9 @@ class QueryRetrieveSCP:
         Called with a :class:`RetrieveSummary` once a C-MOVE or C-GET has
         offered its last instance, to audit the transfer; its errors are
         logged, never sent to the peer. The counts are the instances handed
-        to pynetdicom, whose sub-operation statuses the handler never sees.
+        to pynetdicom, whose sub-operation statuses the handler never sees;
+        an instance no accepted presentation context can carry is not
+        counted.
     """
 
     def __init__(
@@ -290,25 +304,51 @@ class QueryRetrieveSCP:
                     logger.exception("reporting a refusal failed")
             yield None, None
             return
-        yield destination
+        # The destination association proposes the batch's own transfer syntaxes
+        # and an uncompressed context per SOP class (see transfer_syntaxes).
+        rows = self._retrieved(event)
+        batch = [(row.sop_class_uid, row.transfer_syntax) for row in rows or []]
+        watch = DestinationWatch()
+        yield destination_with_contexts(destination, propose_contexts(batch), watch)
         move_ae = str(event.move_destination).strip()
-        yield from self._send(event, move_ae, str(destination[0]))
+        yield from self._send(event, move_ae, str(destination[0]), rows, watch.accepted)
 
     def handle_get(self, event: Event) -> Iterator[Any]:
         """Yield the number of matching instances, then each of them."""
         requestor = event.assoc.requestor
-        yield from self._send(event, requestor.ae_title, requestor.address)
+        rows = self._retrieved(event)
 
-    def _send(self, event: Event, dest_ae: str, dest_host: str) -> Iterator[Any]:
+        def accepted() -> list[PresentationContext]:
+            return list(event.assoc.accepted_contexts)
+
+        yield from self._send(
+            event, requestor.ae_title, requestor.address, rows, accepted
+        )
+
+    def _retrieved(self, event: Event) -> list[CachedInstance] | None:
+        """The instances a C-MOVE or C-GET asks for; ``None`` for a bad level."""
         identifier = event.identifier
         level = str(identifier.get("QueryRetrieveLevel", "")).strip().upper()
         if level not in LEVELS:
+            return None
+        rows = [row for match in self.search(level, identifier) for row in match.rows]
+        logger.info(LOG_RETRIEVE, extra={"level": level, "instances": len(rows)})
+
+        return rows
+
+    def _send(
+        self,
+        event: Event,
+        dest_ae: str,
+        dest_host: str,
+        rows: list[CachedInstance] | None,
+        accepted: Callable[[], list[PresentationContext]],
+    ) -> Iterator[Any]:
+        if rows is None:
             # One announced sub-operation lets the failure status reach the peer.
             yield 1
             yield STATUS_IDENTIFIER_MISMATCH, None
             return
-        rows = [row for match in self.search(level, identifier) for row in match.rows]
-        logger.info(LOG_RETRIEVE, extra={"level": level, "instances": len(rows)})
         yield len(rows)
         requestor = event.assoc.requestor
         summary = RetrieveSummary(
@@ -324,10 +364,13 @@ class QueryRetrieveSCP:
                     ds = dcmread(path)
                 except (OSError, ValueError) as exc:
                     logger.error("cached file unreadable", extra={"error": str(exc)})
-                    yield STATUS_UNABLE_TO_PROCESS, None
+                    yield STATUS_PENDING, not_sent(row.sop_instance_uid)
                     continue
-                _count_sent(summary, row)
-                yield STATUS_PENDING, ds
+                # A failed instance is a failed sub-operation; the others go on.
+                outgoing = prepare(ds, accepted())
+                if outgoing.error is None:
+                    _count_sent(summary, row)
+                yield STATUS_PENDING, outgoing.dataset
         finally:
             self._report(summary)
 
