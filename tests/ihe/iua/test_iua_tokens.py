@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import importlib.util
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -225,7 +226,12 @@ def test_every_other_endpoint_requires_a_token(idp_client: FlaskClient) -> None:
             continue
         view = app.view_functions[rule.endpoint]
         assert getattr(view, "spiders_roles", None), f"{rule} has no role check"
-        path = rule.rule.replace("<", "").replace(">", "")
+        # Any value for each variable: "<int:candidate_id>" becomes "1".
+        path = re.sub(
+            r"<(?:(\w+):)?(\w+)>",
+            lambda m: "1" if m.group(1) == "int" else m.group(2),
+            rule.rule,
+        )
         for method in rule.methods - {"HEAD", "OPTIONS"}:
             rsp = idp_client.open(path, method=method)
             assert rsp.status_code == 401, f"{method} {path}"
