@@ -46,6 +46,7 @@ from ihe.dicom.transfer_syntaxes import (
     prepare,
     propose_contexts,
 )
+from mappings.dicom_study import normalise_character_set
 from mappings.names import fold
 from server.models import CachedInstance
 
@@ -53,6 +54,7 @@ logger = logging.getLogger(__name__)
 
 LOG_FIND = "C-FIND answered"
 LOG_RETRIEVE = "retrieve sub-operations started"
+LOG_CHARSET_FIXED = "character set of a cached instance corrected for sending"
 
 STATUS_PENDING = 0xFF00
 STATUS_SUCCESS = 0x0000
@@ -366,6 +368,13 @@ class QueryRetrieveSCP:
                     logger.error("cached file unreadable", extra={"error": str(exc)})
                     yield STATUS_PENDING, not_sent(row.sop_instance_uid)
                     continue
+                # The stored file keeps what the site wrote; what we send
+                # carries a defined term for its character set (field case C09).
+                raw = normalise_character_set(ds)
+                if raw is not None:
+                    logger.warning(
+                        LOG_CHARSET_FIXED, extra={"received": raw, "sop": row.id}
+                    )
                 # A failed instance is a failed sub-operation; the others go on.
                 outgoing = prepare(ds, accepted())
                 if outgoing.error is None:
