@@ -1,7 +1,9 @@
 """Real peers for tests: private Orthanc instances and dcmtk tools.
 
-The helpers start software nobody here wrote (Orthanc, dcmtk's ``storescp`` and SCUs) on
-ephemeral loopback ports, each in a temporary directory, and always tear it down. A test
+The helpers start software nobody here wrote (Orthanc, dcmtk's ``storescp``,
+``dcmqrscp`` and SCUs) on ephemeral loopback ports, each in a temporary directory, and
+always tear it down. An Orthanc can also be killed and started again on the same ports
+and storage (:meth:`OrthancPeer.halt`, :meth:`OrthancPeer.resume`). A test
 that needs a peer calls :func:`require` (directly or through the classes below): on a
 developer's machine a missing program skips the test, under ``CI=true`` it fails it.
 
@@ -9,10 +11,10 @@ Every process is started with ``TCP_NODELAY=1``: Debian's dcmtk, and Orthanc whi
 links its network code, otherwise leave Nagle's algorithm on and stall about 45 ms per
 instance.
 
-Limitations: Orthanc 1.10 and ``storescp`` cannot choose their bind address and listen
-on every interface; the helpers only ever send them traffic on 127.0.0.1 and rely on
-the ephemeral ports being short-lived. Running them in a private network namespace
-would isolate them fully but needs root, so it is not done here.
+Limitations: Orthanc 1.10, ``storescp`` and ``dcmqrscp`` cannot choose their bind
+address and listen on every interface; the helpers only ever send them traffic on
+127.0.0.1 and rely on the ephemeral ports being short-lived. Running them in a private
+network namespace would isolate them fully but needs root, so it is not done here.
 """
 
 import base64
@@ -223,16 +225,20 @@ class OrthancPeer(ManagedPeer):
         # Orthanc logs on stderr; keep it in the work directory for error reports.
         self.log = self.workdir / "orthanc.log"
         self._log_file = self.log.open("wb")
-        self._proc = subprocess.Popen(
-            [binary, str(config)],
-            cwd=self.workdir,
-            env=peer_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
-        )
-        self._wait_until_ready()
+        self._launch(binary, config)
+
+    def halt(self) -> None:
+        """Kill Orthanc at once (SIGKILL, as a crash or a power cut would), keeping
+        its configuration, ports and storage for :meth:`resume`."""
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait()
+            self._proc = None
+
+    def resume(self) -> None:
+        """Start the halted Orthanc again: same configuration, ports and storage."""
+        assert self.workdir is not None and self._proc is None, "not halted"
+        self._launch(require(ORTHANC_BINARY, "orthanc"), self.workdir / "orthanc.json")
 
     def stop(self) -> None:
         """Stop Orthanc (terminate, then kill after 10 s) and remove its files."""
@@ -310,6 +316,19 @@ class OrthancPeer(ManagedPeer):
         config.update(self.extra_config)
 
         return config
+
+    def _launch(self, binary: str, config: Path) -> None:
+        assert self.workdir is not None
+        self._proc = subprocess.Popen(
+            [binary, str(config)],
+            cwd=self.workdir,
+            env=peer_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
+        )
+        self._wait_until_ready()
 
     def _wait_until_ready(self) -> None:
         assert self._proc is not None and self.log is not None
@@ -399,6 +418,103 @@ class StoreSCP(ManagedPeer):
             return []
 
         return sorted(path for path in self.directory.rglob("*") if path.is_file())
+
+
+class DcmQrScp(ManagedPeer):
+    """dcmtk ``dcmqrscp``: a Query/Retrieve archive with its own storage area.
+
+    Its configuration file holds one AE (``aet``, any peer may associate) and
+    a host table naming only `destinations`: name -> (host, port), each name
+    being the AE title it is known by as a C-MOVE destination. Asked to move
+    to an AE it does not list, it answers 0xA801 (Move Destination Unknown).
+    Instances are loaded with dcmtk's ``storescu`` (:meth:`load`).
+    """
+
+    def __init__(
+        self,
+        aet: str = "DCMQRSCP",
+        destinations: dict[str, tuple[str, int]] | None = None,
+    ) -> None:
+        self.aet = aet
+        self.destinations = dict(destinations or {})
+        self.port = 0
+        self.workdir: Path | None = None
+        self.log: Path | None = None
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_file: Any = None
+
+    @property
+    def pid(self) -> int | None:
+        """The dcmqrscp process id while it runs."""
+        return None if self._proc is None else self._proc.pid
+
+    def start(self) -> None:
+        """Write the configuration, start dcmqrscp and wait for its port."""
+        binary = require("dcmqrscp", "dcmtk")
+        require("storescu", "dcmtk")
+        self._tmp = tempfile.TemporaryDirectory(prefix="spiders-dcmqrscp-")
+        self.workdir = Path(self._tmp.name)
+        (self.workdir / "storage").mkdir()
+        self.port = free_port()
+        config = self.workdir / "dcmqrscp.cfg"
+        config.write_text(self._config())
+
+        self.log = self.workdir / "dcmqrscp.log"
+        self._log_file = self.log.open("wb")
+        self._proc = subprocess.Popen(
+            # Its default, one child process per association: dcmtk 3.6.7's
+            # --single-process mode crashes (SIGSEGV) after a storescu association.
+            [binary, "--config", str(config), str(self.port)],
+            cwd=self.workdir,
+            env=peer_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
+        )
+        wait_for_port(self.port, self._proc, self.log, START_TIMEOUT)
+
+    def stop(self) -> None:
+        """Stop dcmqrscp and remove its storage."""
+        if self._proc is not None:
+            _terminate(self._proc)
+            self._proc = None
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def load(self, paths: Iterable[str | os.PathLike[str]]) -> int:
+        """Send DICOM files with ``storescu``; return how many were sent."""
+        files = [str(path) for path in paths]
+        proc = run_dcmtk(
+            "storescu", "-aec", self.aet, LOCALHOST, str(self.port), *files
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"storescu failed ({proc.returncode}): {proc.stderr}")
+
+        return len(files)
+
+    def _config(self) -> str:
+        assert self.workdir is not None
+        hosts = "\n".join(
+            f"{name} = ({name}, {host}, {port})"
+            for name, (host, port) in self.destinations.items()
+        )
+        storage = self.workdir / "storage"
+        return (
+            f"NetworkTCPPort = {self.port}\n"
+            "MaxPDUSize = 16384\n"
+            "MaxAssociations = 16\n\n"
+            f"HostTable BEGIN\n{hosts}\nHostTable END\n\n"
+            "VendorTable BEGIN\nVendorTable END\n\n"
+            "AETable BEGIN\n"
+            f"{self.aet} {storage} RW (200, 1024mb) ANY\n"
+            "AETable END\n"
+        )
 
 
 def _missing(reason: str) -> NoReturn:

@@ -1,9 +1,12 @@
-"""RAD-107 WADO-RS Retrieve: a study, or some of its series, over DICOMweb.
+"""RAD-107 WADO-RS Retrieve: a study, or what is missing of it, over DICOMweb.
 
 IHE RAD TF-2 4.107 and DICOM PS3.18 10.4 (Retrieve Transaction): ``GET
-{base}/studies/{study}`` (or ``.../studies/{study}/series/{series}``, one
-request per series) with ``Accept: multipart/related;
-type="application/dicom"; transfer-syntax=*``, so that the site sends each
+{base}/studies/{study}``, or only what is missing of it: one request per
+series wanted whole (``.../studies/{study}/series/{series}``) and one per
+instance of a partly received series
+(``.../series/{series}/instances/{instance}``), each with ``Accept:
+multipart/related; type="application/dicom"; transfer-syntax=*``, so that
+the site sends each
 instance in the transfer syntax it holds, as C-MOVE would. The answer is read
 as it arrives (:class:`~ihe.dicomweb.multipart.MultipartReader`): each part is
 written to a file in the archive's work folder and handed to
@@ -24,9 +27,14 @@ no answer, time-out, TLS failure         ``association_aborted``
 5xx, another status, not multipart       ``unable_to_process``
 =======================================  ======================================
 
+Of several requests, the worst outcome is reported; after a time-out, a
+failed connection or a refusal of our credentials the remaining requests are
+not sent, since they would fare the same.
+
 Limitations
 -----------
-Redirects are not followed. A part whose Content-Type is not
+Redirects are not followed. Missing instances are asked for one request
+each, which costs a round trip per instance. A part whose Content-Type is not
 ``application/dicom`` (a bulk-data or metadata part) is skipped and counted
 as failed. A part's Content-Location is not checked against the request.
 """
@@ -35,7 +43,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -61,7 +69,7 @@ LOG_PART_REFUSED = "retrieved instance refused"
 ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 DICOM_MEDIA_TYPE = "application/dicom"
 CHUNK = 64 * 1024
-# Outcomes from the worst to the best, to combine one request per series.
+# Outcomes from the worst to the best, to combine several requests.
 _SEVERITY = (
     "not_authorised",
     "association_aborted",
@@ -70,6 +78,9 @@ _SEVERITY = (
     "partial",
     "success",
 )
+
+# After these, the remaining requests would fare the same: not sent.
+_FINAL = frozenset({"not_authorised", "association_aborted"})
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], None]
@@ -92,17 +103,23 @@ def retrieve_study(
     archive: Archive,
     *,
     series_uids: Sequence[str] | None = None,
+    instance_uids: Mapping[str, Sequence[str]] | None = None,
     bandwidth_mbps: float | None = None,
     source: str | None = None,
     clock: Clock = time.monotonic,
     sleep: Sleep = time.sleep,
 ) -> RetrieveOutcome:
-    """Retrieve `study_uid` (or only `series_uids` of it) into `archive`.
+    """Retrieve `study_uid` (or what is missing of it) into `archive`.
 
     Parameters
     ----------
     endpoint : Endpoint
         The site's DICOMweb service.
+    series_uids : sequence of str, optional
+        Series wanted whole, one request each.
+    instance_uids : mapping, optional
+        Series Instance UID to the SOP Instance UIDs wanted of it, one request
+        per instance. With neither, the whole study in one request.
     bandwidth_mbps : float, optional
         Read no faster than this many megabits (10**6 bits) per second.
     source : str, optional
@@ -118,17 +135,14 @@ def retrieve_study(
         behaviour; every failure is an outcome.
     """
     tally = _Tally(source or urlsplit(endpoint.url).hostname or endpoint.url)
-    base = f"{endpoint.url.rstrip('/')}/studies/{quote(study_uid, safe='')}"
-    urls = (
-        [f"{base}/series/{quote(uid, safe='')}" for uid in series_uids]
-        if series_uids
-        else [base]
-    )
+    urls = retrieve_urls(endpoint.url, study_uid, series_uids, instance_uids)
     throttle = _Throttle(bandwidth_mbps, clock, sleep)
     outcomes: list[RetrieveOutcome] = []
     with requests.Session() as http:
         for url in urls:
             outcomes.append(_retrieve(http, endpoint, url, archive, tally, throttle))
+            if outcomes[-1].outcome in _FINAL:
+                break
     result = min(outcomes, key=lambda o: _SEVERITY.index(o.outcome))
     result.completed = tally.stored
     result.failed = tally.refused
@@ -147,6 +161,27 @@ def retrieve_study(
         },
     )
     return result
+
+
+def retrieve_urls(
+    base_url: str,
+    study_uid: str,
+    series_uids: Sequence[str] | None = None,
+    instance_uids: Mapping[str, Sequence[str]] | None = None,
+) -> list[str]:
+    """The request URLs of one retrieve: the study's, or one per series
+    wanted whole and one per instance wanted."""
+    study = f"{base_url.rstrip('/')}/studies/{quote(study_uid, safe='')}"
+    urls = [
+        f"{study}/series/{quote(uid, safe='')}"
+        for uid in dict.fromkeys(series_uids or ())
+    ]
+    for series_uid, uids in (instance_uids or {}).items():
+        series = f"{study}/series/{quote(series_uid, safe='')}"
+        urls += [
+            f"{series}/instances/{quote(uid, safe='')}" for uid in dict.fromkeys(uids)
+        ]
+    return urls or [study]
 
 
 def _retrieve(

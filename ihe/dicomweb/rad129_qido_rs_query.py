@@ -14,11 +14,16 @@ the hinted Study Instance UIDs as one UID list (comma-separated, PS3.18
 PatientID of every answer is checked again on our side.
 
 :func:`ping` asks for one study to tell whether a DICOMweb endpoint answers.
+For the prefetch, :func:`search_for_series` lists a study's series with their
+instance counts and :func:`search_for_instances` a series' SOP Instance UIDs,
+the DICOMweb equivalents of the SERIES- and IMAGE-level C-FINDs.
 
 Limitations
 -----------
 No paging: a server that truncates its answer (``Warning: 299``) is logged
-and its first page kept; the narrowed searches still find hinted studies. An
+and its first page kept; the narrowed searches still find hinted studies,
+and a truncated instance list is noticed by the prefetch against the series
+count. An
 answer larger than 32 MiB is refused. The auth header is sent as configured
 (no token refresh).
 """
@@ -32,7 +37,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import requests
 
@@ -214,3 +219,87 @@ def _get_json(http: requests.Session, endpoint: Endpoint, url: str) -> list[Any]
     if not isinstance(answer, list):
         raise PeerError(f"QIDO-RS answer from {endpoint.url} is not a JSON array")
     return answer
+
+
+LOG_SERIES_SEARCH_DONE = "qido-rs series search done"
+LOG_INSTANCE_SEARCH_DONE = "qido-rs instance search done"
+SERIES_UID_TAG = "0020000E"
+SOP_INSTANCE_UID_TAG = "00080018"
+SERIES_INSTANCES_TAG = "00201209"
+
+
+def search_for_series(endpoint: Endpoint, study_uid: str) -> dict[str, int | None]:
+    """The series of one study and their instance counts (PS3.18 10.6.1.2).
+
+    ``GET {base}/studies/{study}/series`` with Number of Series Related
+    Instances (0020,1209) as an include field. A series whose count the
+    service leaves out maps to ``None``.
+
+    Raises
+    ------
+    PeerError
+        As :func:`search_for_studies`.
+    """
+    url = (
+        f"{_study_url(endpoint, study_uid)}/series?"
+        f"{urlencode({'includefield': SERIES_INSTANCES_TAG})}"
+    )
+    series: dict[str, int | None] = {}
+    with requests.Session() as http:
+        for obj in _get_json(http, endpoint, url):
+            uid = _first(obj, SERIES_UID_TAG)
+            if uid:
+                series[uid] = _count(_first(obj, SERIES_INSTANCES_TAG))
+    logger.info(LOG_SERIES_SEARCH_DONE, extra={"series": len(series)})
+    return series
+
+
+def search_for_instances(
+    endpoint: Endpoint, study_uid: str, series_uid: str
+) -> list[str]:
+    """The SOP Instance UIDs of one series (PS3.18 10.6.1.2).
+
+    ``GET {base}/studies/{study}/series/{series}/instances``; a UID answered
+    twice is kept once, in the order the service answered.
+
+    Raises
+    ------
+    PeerError
+        As :func:`search_for_studies`.
+    """
+    url = (
+        f"{_study_url(endpoint, study_uid)}/series/{quote(series_uid, safe='')}"
+        f"/instances?{urlencode({'includefield': SOP_INSTANCE_UID_TAG})}"
+    )
+    uids: dict[str, None] = {}
+    with requests.Session() as http:
+        for obj in _get_json(http, endpoint, url):
+            uid = _first(obj, SOP_INSTANCE_UID_TAG)
+            if uid:
+                uids[uid] = None
+    logger.info(LOG_INSTANCE_SEARCH_DONE, extra={"instances": len(uids)})
+    return list(uids)
+
+
+def _study_url(endpoint: Endpoint, study_uid: str) -> str:
+    return f"{endpoint.url.rstrip('/')}/studies/{quote(study_uid, safe='')}"
+
+
+def _first(obj: object, tag: str) -> str | None:
+    """The first value of `tag` in one DICOM JSON object, as text."""
+    if not isinstance(obj, Mapping):
+        return None
+    element = obj.get(tag)
+    values = element.get("Value") if isinstance(element, Mapping) else None
+    if not isinstance(values, list) or not values or values[0] is None:
+        return None
+    text = str(values[0]).strip()
+    return text or None
+
+
+def _count(value: str | None) -> int | None:
+    try:
+        count = int(value) if value is not None else None
+    except ValueError:
+        return None
+    return count if count is None or count >= 0 else None

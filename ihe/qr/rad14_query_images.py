@@ -25,11 +25,18 @@ return other patients' studies. Responses are read as PACS send them:
 without Query/Retrieve Level, with 0xFF01 pending statuses, padded values and
 a misspelled Specific Character Set (corrected, with a warning).
 
+For the prefetch, two more Study Root queries below the study:
+:func:`query_series` (SERIES level: each series and its instance count) and
+:func:`query_instances` (IMAGE level: the SOP Instance UIDs of some series,
+so that a retry asks only for the instances the cache lacks).
+
 Limitations
 -----------
 No date or modality narrowing; an accession-number hint holding a wildcard
 character (``*``, ``?``) or a backslash is not sent. Patient Root uses only
-the first PATIENT-level match's attributes.
+the first PATIENT-level match's attributes. The series and instance queries
+use Study Root only; a PACS that caps the number of answers gives a short
+instance list, which the prefetch notices by the series count.
 """
 
 from __future__ import annotations
@@ -386,3 +393,109 @@ def _add_series(series: dict[str, int | None], rsp: Dataset, study_uid: str) -> 
     except (TypeError, ValueError):
         count = None
     series[uid] = count if count is None or count >= 0 else None
+
+
+LOG_INSTANCE_QUERY_DONE = "site instance query done"
+
+
+def query_instances(
+    *,
+    calling_ae: str,
+    ae_title: str,
+    host: str,
+    port: int,
+    study_uid: str,
+    series_uids: Sequence[str],
+    timeout: float = 30.0,
+    tls: ssl.SSLContext | None = None,
+) -> dict[str, list[str]]:
+    """The SOP Instance UIDs of some series of one study, as the site has them.
+
+    One IMAGE-level Study Root C-FIND per series on one association (PS3.4
+    C.6.2: the unique keys of the study and series levels, SOPInstanceUID as
+    return key). Responses naming another study or series are ignored; a
+    UID answered twice is kept once.
+
+    Returns
+    -------
+    dict
+        Series Instance UID to the site's SOP Instance UIDs, in the order the
+        site answered; every series asked for is a key.
+
+    Raises
+    ------
+    AssociationFailed
+        The site refused, aborted or did not answer.
+    DimseFailure
+        The site answered a C-FIND with a failure status (a site that does not
+        support IMAGE-level queries usually answers so).
+    """
+    ae = make_ae(calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.add_requested_context(SOP_CLASS)
+    tls_args = (tls, host) if tls is not None else None
+    assoc = ae.associate(host, port, ae_title=ae_title, tls_args=tls_args)
+    if not assoc.is_established:
+        raise AssociationFailed(
+            f"no association with {ae_title}: refused, unreachable or timed out"
+        )
+    found: dict[str, list[str]] = {}
+    try:
+        for series_uid in dict.fromkeys(series_uids):
+            identifier = instance_identifier(study_uid, series_uid)
+            uids: dict[str, None] = {}
+            for rsp in _responses(assoc, identifier, ae_title):
+                uid = _instance_uid(rsp, study_uid, series_uid)
+                if uid:
+                    uids[uid] = None
+            found[series_uid] = list(uids)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    logger.info(
+        LOG_INSTANCE_QUERY_DONE,
+        extra={
+            "site_ae": ae_title,
+            "series": len(found),
+            "instances": sum(len(u) for u in found.values()),
+        },
+    )
+    return found
+
+
+def instance_identifier(study_uid: str, series_uid: str) -> Dataset:
+    """The IMAGE-level C-FIND identifier listing one series' instances."""
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "IMAGE"
+    identifier.StudyInstanceUID = study_uid
+    identifier.SeriesInstanceUID = series_uid
+    identifier.SOPInstanceUID = ""
+    return identifier
+
+
+def _responses(
+    assoc: Association, identifier: Dataset, ae_title: str
+) -> Iterator[Dataset]:
+    """The pending responses' identifiers of one C-FIND; raises on failure."""
+    for status, rsp in assoc.send_c_find(identifier, SOP_CLASS):
+        code = int(status.get("Status", -1)) if status else -1
+        if code in PENDING:
+            if rsp is not None:
+                yield rsp
+        elif code == SUCCESS:
+            return
+        elif code == -1:
+            raise AssociationFailed(f"{ae_title} aborted or timed out during C-FIND")
+        else:
+            raise DimseFailure(f"C-FIND at {ae_title} failed (0x{code:04X})", code)
+
+
+def _instance_uid(rsp: Dataset, study_uid: str, series_uid: str) -> str | None:
+    """The SOP Instance UID of one IMAGE-level response, if it is of the
+    series asked for (a study or series the site leaves empty is trusted)."""
+    uid = str(rsp.get("SOPInstanceUID", "") or "").strip(" \x00")
+    study = str(rsp.get("StudyInstanceUID", "") or "").strip(" \x00")
+    series = str(rsp.get("SeriesInstanceUID", "") or "").strip(" \x00")
+    if not uid or (study and study != study_uid) or (series and series != series_uid):
+        return None
+    return uid

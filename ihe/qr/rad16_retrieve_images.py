@@ -6,9 +6,17 @@ and classifies the outcome; whether the study is complete is decided by the
 caller, by counting what the cache actually holds, since a final status of
 0x0000 proves nothing when the counters are missing.
 
-A retrieve names the whole study (STUDY level), or only some of its series
-(SERIES level: the Study Instance UID and a list of Series Instance UIDs,
-PS3.4 C.4.2.2.1), so that a retry asks only for what is missing.
+A retrieve names the whole study (STUDY level), or only what is missing of
+it: some series whole (SERIES level: the Study Instance UID and a list of
+Series Instance UIDs) and some instances of a partly received series (IMAGE
+level: the study's and the series' UIDs and a list of SOP Instance UIDs).
+PS3.4 C.4.2.2.1 lets the unique key of the retrieve level hold a list of
+UIDs, the levels above a single one; so each partly received series is one
+IMAGE-level request, and all the requests of a retrieve go on one
+association, one after the other. A list is cut into requests of at most
+:data:`MAX_UIDS_PER_REQUEST` UIDs, which keeps the identifier within the
+64 KiB a UI value may hold in Explicit VR. Orthanc 1.10 honours such lists
+at both levels, for C-MOVE and C-GET.
 
 :class:`RetrieveOutcome` is the vocabulary of every retrieve transport: the
 C-GET client (:mod:`ihe.qr.rad16_retrieve_images_cget`) and the WADO-RS client
@@ -29,20 +37,34 @@ Outcomes (PS3.4 C.4.2.1.4, PS3.18 10.4.3, and what PACS really send):
 ``not_found``                 HTTP 404: the site holds nothing under that UID
 ============================  ===============================================
 
+Of the requests of one retrieve, the outcome reported is the worst one
+(:data:`SEVERITY`), with the counters summed; the requests stop after an
+abort, a cancel or an unknown move destination, since the next ones would
+fare the same.
+
+Vendor quirk: Orthanc 1.10 answers a move destination it does not know with
+0xC000 and no Error Comment, nothing in the response telling this case from
+any other failure; it is classified ``unable_to_process`` and retried like
+one, and only the site's own log names the cause. dcmtk's ``dcmqrscp``
+answers 0xA801 as the standard says.
+
 Limitations
 -----------
 No C-MOVE-CANCEL is sent on shutdown; the outcome does not yet distinguish a
-site down from a site that refused the association.
+site down from a site that refused the association. A site that ignores the
+list of UIDs of an IMAGE-level request and sends a whole series, or nothing,
+is not detected here: the cache's count after the retrieve decides.
 """
 
 from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
+from pynetdicom.association import Association
 
 from ihe.dicom.ae import make_ae
 from ihe.dicom.sop_classes import StudyRootQueryRetrieveInformationModelMove
@@ -52,6 +74,25 @@ logger = logging.getLogger(__name__)
 
 LOG_MOVE_DONE = "C-MOVE finished"
 SOP_CLASS = str(StudyRootQueryRetrieveInformationModelMove)
+# UIDs named in one request: 500 UIDs of 64 characters and their separators
+# stay under the 65,534 bytes of an Explicit VR UI value.
+MAX_UIDS_PER_REQUEST = 500
+# Outcomes from the worst to the best, to report several requests as one.
+SEVERITY = (
+    "move_destination_unknown",
+    "not_authorised",
+    "association_aborted",
+    "cancelled",
+    "unable_to_process",
+    "not_found",
+    "partial",
+    "completed_with_warning",
+    "success",
+)
+# After these, the remaining requests of a retrieve are not sent.
+FINAL = frozenset(
+    {"move_destination_unknown", "not_authorised", "association_aborted", "cancelled"}
+)
 
 
 @dataclass
@@ -126,6 +167,70 @@ def retrieve_identifier(
     return identifier
 
 
+def retrieve_identifiers(
+    study_uid: str,
+    series_uids: Sequence[str] | None = None,
+    instance_uids: Mapping[str, Sequence[str]] | None = None,
+) -> list[Dataset]:
+    """The identifiers of one retrieve, in the order they are sent.
+
+    Parameters
+    ----------
+    series_uids : sequence of str, optional
+        Series wanted whole: SERIES-level identifiers.
+    instance_uids : mapping, optional
+        Series Instance UID to the SOP Instance UIDs wanted of that series:
+        IMAGE-level identifiers, one series each.
+
+    Returns
+    -------
+    list of Dataset
+        One STUDY-level identifier when neither is given; otherwise the
+        SERIES-level ones, then the IMAGE-level ones, each naming at most
+        :data:`MAX_UIDS_PER_REQUEST` UIDs.
+    """
+    identifiers = [
+        retrieve_identifier(study_uid, chunk)
+        for chunk in _chunks(list(dict.fromkeys(series_uids or ())))
+    ]
+    for series_uid, uids in (instance_uids or {}).items():
+        for chunk in _chunks(list(dict.fromkeys(uids))):
+            identifier = Dataset()
+            identifier.QueryRetrieveLevel = "IMAGE"
+            identifier.StudyInstanceUID = study_uid
+            identifier.SeriesInstanceUID = series_uid
+            identifier.SOPInstanceUID = chunk if len(chunk) > 1 else chunk[0]
+            identifiers.append(identifier)
+    return identifiers or [retrieve_identifier(study_uid)]
+
+
+def combine(outcomes: Sequence[RetrieveOutcome]) -> RetrieveOutcome:
+    """Several requests' outcomes as one: the worst, with counters summed.
+
+    The worst outcome (:data:`SEVERITY`) gives the status and comment; the
+    sub-operation counters are summed over the requests that reported them
+    and the failed UIDs put together.
+    """
+    if not outcomes:
+        return RetrieveOutcome("success")
+    worst = min(
+        outcomes,
+        key=lambda o: SEVERITY.index(o.outcome) if o.outcome in SEVERITY else 0,
+    )
+    result = RetrieveOutcome(
+        worst.outcome,
+        status=worst.status,
+        error_comment=worst.error_comment,
+        http_status=worst.http_status,
+    )
+    for attr in ("completed", "failed", "warning"):
+        counts = [getattr(o, attr) for o in outcomes if getattr(o, attr) is not None]
+        setattr(result, attr, sum(counts) if counts else None)
+    result.failed_uids = [uid for o in outcomes for uid in o.failed_uids]
+    result.studies = [study for o in outcomes for study in o.studies]
+    return result
+
+
 def move_study(
     *,
     calling_ae: str,
@@ -138,15 +243,20 @@ def move_study(
     tls: ssl.SSLContext | None = None,
     on_progress: Callable[[int, int | None], None] | None = None,
     series_uids: Sequence[str] | None = None,
+    instance_uids: Mapping[str, Sequence[str]] | None = None,
 ) -> MoveOutcome:
-    """Ask a site to send `study_uid` (or some of its series) to `destination`.
+    """Ask a site to send `study_uid`, or what is missing of it, to `destination`.
 
     Parameters
     ----------
     on_progress : callable, optional
-        Called with (completed, remaining) on each pending response.
+        Called with (completed, remaining) on each pending response, counted
+        within the request under way.
     series_uids : sequence of str, optional
-        Only these series of the study: a SERIES-level C-MOVE.
+        Series wanted whole: SERIES-level C-MOVEs.
+    instance_uids : mapping, optional
+        Series Instance UID to the SOP Instance UIDs wanted of it: IMAGE-level
+        C-MOVEs. With neither, the whole study (STUDY level).
 
     Returns
     -------
@@ -157,7 +267,7 @@ def move_study(
     ae.acse_timeout = ae.network_timeout = timeout
     ae.dimse_timeout = max(timeout, 600.0)
     ae.add_requested_context(SOP_CLASS)
-    identifier = retrieve_identifier(study_uid, series_uids)
+    identifiers = retrieve_identifiers(study_uid, series_uids, instance_uids)
     tls_args = (tls, host) if tls is not None else None
     assoc = ae.associate(host, port, ae_title=ae_title, tls_args=tls_args)
     if not assoc.is_established:
@@ -168,35 +278,67 @@ def move_study(
                 "unreachable or timed out",
             )
         )
-    result = MoveOutcome("association_aborted")
     try:
-        for status, rsp in assoc.send_c_move(identifier, destination, SOP_CLASS):
-            if not status or "Status" not in status:
-                result.error_comment = f"no final response from {ae_title}"
-                break
-            code = int(status.Status)
-            read_counters(result, status)
-            if code in (0xFF00, 0xFF01):
-                if on_progress is not None:
-                    remaining = status.get("NumberOfRemainingSuboperations")
-                    on_progress(
-                        result.completed or 0,
-                        int(remaining) if remaining is not None else None,
-                    )
-                continue
-            result.status = code
-            result.outcome = classify(code)
-            comment = status.get("ErrorComment")
-            result.error_comment = str(comment).strip() if comment else None
-            result.failed_uids = failed_uids(rsp)
-            if result.outcome == "move_destination_unknown":
-                result.error_comment = (
-                    f"{ae_title} does not know move destination {destination} (A801)"
-                )
+        outcomes = list(
+            sent_in_turn(
+                identifiers,
+                lambda ds: _send_move(assoc, ds, ae_title, destination, on_progress),
+            )
+        )
     finally:
         if assoc.is_established:
             assoc.release()
-    return _done(result)
+    return _done(combine(outcomes))
+
+
+def sent_in_turn(
+    identifiers: Sequence[Dataset],
+    send: Callable[[Dataset], RetrieveOutcome],
+) -> Iterator[RetrieveOutcome]:
+    """Send each identifier in turn; stop after an outcome in :data:`FINAL`."""
+    for identifier in identifiers:
+        outcome = send(identifier)
+        yield outcome
+        if outcome.outcome in FINAL:
+            return
+
+
+def _send_move(
+    assoc: Association,
+    identifier: Dataset,
+    ae_title: str,
+    destination: str,
+    on_progress: Callable[[int, int | None], None] | None,
+) -> MoveOutcome:
+    """One C-MOVE request and its responses, read into an outcome."""
+    result = MoveOutcome("association_aborted")
+    if not assoc.is_established:
+        result.error_comment = f"the association with {ae_title} ended"
+        return result
+    for status, rsp in assoc.send_c_move(identifier, destination, SOP_CLASS):
+        if not status or "Status" not in status:
+            result.error_comment = f"no final response from {ae_title}"
+            break
+        code = int(status.Status)
+        read_counters(result, status)
+        if code in (0xFF00, 0xFF01):
+            if on_progress is not None:
+                remaining = status.get("NumberOfRemainingSuboperations")
+                on_progress(
+                    result.completed or 0,
+                    int(remaining) if remaining is not None else None,
+                )
+            continue
+        result.status = code
+        result.outcome = classify(code)
+        comment = status.get("ErrorComment")
+        result.error_comment = str(comment).strip() if comment else None
+        result.failed_uids = failed_uids(rsp)
+        if result.outcome == "move_destination_unknown":
+            result.error_comment = (
+                f"{ae_title} does not know move destination {destination} (A801)"
+            )
+    return result
 
 
 def classify(code: int) -> str:
@@ -235,6 +377,11 @@ def failed_uids(rsp: Dataset | None) -> list[str]:
     if not failed:
         return []
     return [str(u) for u in ([failed] if isinstance(failed, str) else failed)]
+
+
+def _chunks(uids: list[str]) -> list[list[str]]:
+    step = MAX_UIDS_PER_REQUEST
+    return [uids[n : n + step] for n in range(0, len(uids), step)]
 
 
 def _done(result: MoveOutcome) -> MoveOutcome:

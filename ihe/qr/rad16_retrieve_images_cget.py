@@ -1,7 +1,9 @@
 """RAD-16 Retrieve Images over C-GET: the site sends on our own association.
 
 The same transaction as :mod:`ihe.qr.rad16_retrieve_images` (Study Root
-retrieve of a study or of some of its series), with the other DIMSE service
+retrieve of a study, or of what is missing of it: whole series, and
+instances of a partly received series at IMAGE level, each request on the
+same association, one after the other), with the other DIMSE service
 of PS3.4 C.4.3: the site sends the instances as C-STORE sub-operations on the
 association that carried the C-GET, so the site needs no route back to the
 cache (no Move Destination to configure, no port open towards us). It is a
@@ -35,7 +37,7 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from pydicom import uid as uids
 from pydicom.dataset import Dataset
@@ -53,9 +55,11 @@ from ihe.dicom.storage_scp import StoreStatus, StudyDelivery
 from ihe.qr.rad16_retrieve_images import (
     RetrieveOutcome,
     classify,
+    combine,
     failed_uids,
     read_counters,
-    retrieve_identifier,
+    retrieve_identifiers,
+    sent_in_turn,
 )
 from server.errors import StoreRefused
 
@@ -123,17 +127,21 @@ def get_study(
     study_uid: str,
     archive: Archive,
     series_uids: Sequence[str] | None = None,
+    instance_uids: Mapping[str, Sequence[str]] | None = None,
     sop_classes: Sequence[str] | None = None,
     timeout: float = 30.0,
     tls: ssl.SSLContext | None = None,
     on_progress: Callable[[int, int | None], None] | None = None,
 ) -> RetrieveOutcome:
-    """Retrieve `study_uid` (or some of its series) by C-GET into `archive`.
+    """Retrieve `study_uid` (or what is missing of it) by C-GET into `archive`.
 
     Parameters
     ----------
     series_uids : sequence of str, optional
-        Only these series of the study: a SERIES-level C-GET.
+        Series wanted whole: SERIES-level C-GETs.
+    instance_uids : mapping, optional
+        Series Instance UID to the SOP Instance UIDs wanted of it: IMAGE-level
+        C-GETs. With neither, the whole study (STUDY level).
     sop_classes : sequence of str, optional
         The storage SOP classes to negotiate; by default those the site
         reports for the study, else :data:`DEFAULT_SOP_CLASSES`.
@@ -183,9 +191,12 @@ def get_study(
                 "unreachable or timed out",
             )
         )
+    identifiers = retrieve_identifiers(study_uid, series_uids, instance_uids)
     try:
-        result = _send_get(
-            assoc, retrieve_identifier(study_uid, series_uids), on_progress
+        result = combine(
+            list(
+                sent_in_turn(identifiers, lambda ds: _send_get(assoc, ds, on_progress))
+            )
         )
     finally:
         if assoc.is_established:
@@ -333,6 +344,9 @@ def _send_get(
     on_progress: Callable[[int, int | None], None] | None,
 ) -> RetrieveOutcome:
     result = RetrieveOutcome("association_aborted")
+    if not assoc.is_established:
+        result.error_comment = "the association with the site ended"
+        return result
     for status, rsp in assoc.send_c_get(identifier, GET_SOP_CLASS):
         if not status or "Status" not in status:
             result.error_comment = "no final response from the site"

@@ -1,14 +1,23 @@
 """Prefetch: retrieve one selected study into the cache and prove it complete.
 
 When a retrieve starts, the site is asked for the study's series and their
-instance counts (a SERIES-level C-FIND, :func:`query_series`), kept as
-``prefetch_series`` rows. The study is ``ready`` only when the cache holds, for
-every series, at least as many instances as the site announced. A site that
-does not answer that query falls back to the study's count:
-NumberOfStudyRelatedInstances from discovery, or the C-MOVE's completed
-counter when the site gave no count. Whatever the site's final status says,
-the count in the cache decides. A retry asks only for the series still
-incomplete, so instances already cached are not fetched again.
+instance counts (a SERIES-level C-FIND, :func:`query_series`, or a QIDO-RS
+series search for a site queried over DICOMweb), kept as ``prefetch_series``
+rows. The study is ``ready`` only when the cache holds, for every series, at
+least as many instances as the site announced. A site that does not answer
+that query falls back to the study's count: NumberOfStudyRelatedInstances
+from discovery, or the C-MOVE's completed counter when the site gave no
+count. Whatever the site's final status says, the count in the cache decides.
+
+Only what is missing is asked for, so nothing the cache holds is fetched
+again: with nothing of the study cached, the whole study (STUDY level);
+otherwise each series of which nothing is cached whole (SERIES level), and
+for each partly cached series the site's SOP Instance UIDs of it (an
+IMAGE-level C-FIND, :func:`query_instances`, or a QIDO-RS instance search)
+less those the cache holds (IMAGE level for C-MOVE and C-GET, one WADO-RS
+request per instance). A site that does not answer the series query at all
+is not asked for the study either: the attempt ends as an aborted
+association and is retried.
 
 Before contacting a site the worker checks its maintenance windows (a
 retrieve due inside one waits for the window's end) and takes one of the
@@ -17,37 +26,45 @@ worker on every host; with all slots in use the prefetch waits
 :data:`WAIT_FOR_SLOT_SECONDS` and is tried again. While it runs, the worker
 renews its lease on the prefetch; if the worker dies the lease expires and
 the dispatcher hands the prefetch to another worker
-(:func:`requeue_abandoned`), which asks only for the series still missing.
+(:func:`requeue_abandoned`), which asks only for what is still missing.
 
 Failures that may pass (aborted association, a site unable to process, some
-sub-operations failed) are retried with exponential backoff, up to
-:data:`MAX_ATTEMPTS`; a site that does not know our AE title (0xA801) is
-reported at once and not retried, since only its administrator can fix it.
+sub-operations failed) are retried with exponential backoff from
+``SPIDERS_RETRY_BASE_SECONDS`` (20 s, then 40 s), up to :data:`MAX_ATTEMPTS`;
+a site that does not know our AE title (0xA801) is reported at once and not
+retried, since only its administrator can fix it.
 
 Limitations
 -----------
-Series are compared by count, not by SOP Instance UID. A site that does not
-answer SERIES-level C-FIND (or is queried over QIDO-RS) gets the whole study
+Completeness is judged by count, series by series, not by SOP Instance UID.
+A site that cannot list its series with their counts gets the whole study
 asked for again on a retry, and instances already cached are received again
-and replace their copy; so does the series a dead worker left half-received.
+and replace their copy. A partly cached series is asked for whole when the
+site cannot list its instances (no IMAGE-level C-FIND, a failed search) or
+lists fewer than it counts (a capped answer). Instance lists are not paged:
+a QIDO-RS service that truncates its answer falls in the last case.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, aliased
 
 from ihe.dicom.archive import Archive
-from ihe.qr.rad14_query_images import query_series
+from ihe.dicomweb.rad129_qido_rs_query import (
+    search_for_instances,
+    search_for_series,
+)
+from ihe.qr.rad14_query_images import query_instances, query_series
 from ihe.qr.rad16_retrieve_images import MoveOutcome
 from server import audit
 from server.config import Settings, Site
 from server.db import Database
-from server.errors import ConfigurationError, SpidersError
+from server.errors import AssociationFailed, ConfigurationError, SpidersError
 from server.models import (
     CachedInstance,
     Prefetch,
@@ -66,6 +83,8 @@ LOG_DEFERRED = "prefetch deferred"
 LOG_LEASE_LOST = "prefetch taken over by another worker; result not recorded"
 LOG_RESUMED = "prefetches of a stopped worker sent again"
 LOG_NO_SERIES = "series counts unavailable, the study count decides"
+LOG_NO_INSTANCES = "instance list unavailable, the series is asked whole"
+LOG_ASKED = "prefetch asks for what is missing"
 MAX_ATTEMPTS = 3
 RETRY_BASE_SECONDS = 20
 RETRYABLE = frozenset({"association_aborted", "unable_to_process", "partial"})
@@ -137,12 +156,12 @@ def run(settings: Settings, db: Database, archive: Archive, prefetch_id: str) ->
     if _already_cached(db, study_uid, expected, known):
         # Cached for another case, or by an earlier attempt.
         outcome = MoveOutcome("success", error_comment="already in the cache")
-        return _finish(db, prefetch_id, outcome)
+        return _finish(db, prefetch_id, outcome, settings.retry_base_seconds)
     try:
         site = settings.directory.site(site_name)
     except ConfigurationError as exc:
         outcome = MoveOutcome("unable_to_process", error_comment=str(exc))
-        return _finish(db, prefetch_id, outcome)
+        return _finish(db, prefetch_id, outcome, settings.retry_base_seconds)
     now = utcnow()
     if site.in_maintenance(now):
         until = maintenance_end(site, now)
@@ -172,14 +191,20 @@ def run(settings: Settings, db: Database, archive: Archive, prefetch_id: str) ->
             outcome = _fetch(settings, db, archive, site, prefetch_id, study_uid)
     finally:
         site_slots.release(db, lease)
-    return _finish(db, prefetch_id, outcome)
+    return _finish(db, prefetch_id, outcome, settings.retry_base_seconds)
 
 
-def conclude(prefetch: Prefetch, outcome: MoveOutcome, received: int) -> str:
+def conclude(
+    prefetch: Prefetch,
+    outcome: MoveOutcome,
+    received: int,
+    retry_base: float = RETRY_BASE_SECONDS,
+) -> str:
     """Set the prefetch's state from the site's outcome and the cache's counts.
 
     With series counts from the site, every series must be complete; without,
-    the study's count decides.
+    the study's count decides. A retry waits `retry_base` seconds after the
+    first attempt, twice as long after each further one.
     """
     series = list(prefetch.series)
     if series:
@@ -198,11 +223,11 @@ def conclude(prefetch: Prefetch, outcome: MoveOutcome, received: int) -> str:
     if complete and expected:
         prefetch.state, prefetch.reason = PrefetchState.READY, None
     elif outcome.outcome in RETRYABLE and prefetch.attempts < MAX_ATTEMPTS:
-        delay = RETRY_BASE_SECONDS * 2 ** (prefetch.attempts - 1)
+        delay = retry_base * 2 ** (prefetch.attempts - 1)
         prefetch.state = PrefetchState.SCHEDULED
         prefetch.due_at = utcnow() + timedelta(seconds=delay)
         prefetch.reason = (
-            f"retry {prefetch.attempts + 1} in {delay} s: {outcome.reason}"
+            f"retry {prefetch.attempts + 1} in {delay:g} s: {outcome.reason}"
         )
     else:
         prefetch.state = PrefetchState.PARTIAL if received else PrefetchState.FAILED
@@ -351,16 +376,87 @@ def _fetch(
 ) -> MoveOutcome:
     """Inside the site's slot: count its series, then ask for what is missing."""
     audit.prefetch_begins(db, settings, prefetch_id, site)
-    counts = _site_series(settings, site, study_uid)
-    if counts is None:
-        return _retrieve(settings, archive, site, study_uid)
-    _store_series(db, prefetch_id, counts)
-    missing = incomplete_series(counts, held_by_series(db, study_uid))
-    if not missing:
-        return MoveOutcome("success", error_comment="already in the cache")
-    # Only the series still incomplete; the whole study when none is held.
-    wanted = missing if len(missing) < len(counts) else None
-    return _retrieve(settings, archive, site, study_uid, wanted)
+    try:
+        counts = _site_series(settings, site, study_uid)
+        if counts is None:
+            return _retrieve(settings, archive, site, study_uid)
+        _store_series(db, prefetch_id, counts)
+        held = held_by_series(db, study_uid)
+        missing = incomplete_series(counts, held)
+        if not missing:
+            return MoveOutcome("success", error_comment="already in the cache")
+        if not any(held.get(uid, 0) for uid in counts):
+            return _retrieve(settings, archive, site, study_uid)
+        whole, instances = _missing(settings, db, site, study_uid, missing, counts)
+    except AssociationFailed as exc:
+        # The site does not answer queries: a retrieve would fail alike.
+        return MoveOutcome("association_aborted", error_comment=str(exc))
+    logger.info(
+        LOG_ASKED,
+        extra={
+            "prefetch": prefetch_id,
+            "site": site.name,
+            "series_whole": len(whole),
+            "series_partial": len(instances),
+            "instances": sum(len(uids) for uids in instances.values()),
+        },
+    )
+    return _retrieve(
+        settings, archive, site, study_uid, whole or None, instances or None
+    )
+
+
+def _missing(
+    settings: Settings,
+    db: Database,
+    site: Site,
+    study_uid: str,
+    missing: list[str],
+    counts: Mapping[str, int],
+) -> tuple[list[str], dict[str, list[str]]]:
+    """The series to ask for whole and the instances to ask for, by series.
+
+    A series of which nothing is cached is asked for whole; of a partly cached
+    one, the instances the site lists less those the cache holds. A site that
+    cannot list a series, or lists fewer instances than it counts, gets the
+    series asked for whole.
+    """
+    held = held_by_series(db, study_uid)
+    whole = [uid for uid in missing if not held.get(uid, 0)]
+    partly = [uid for uid in missing if held.get(uid, 0)]
+    listed = _site_instances(settings, site, study_uid, partly) if partly else {}
+    cached = cached_uids(db, study_uid, partly)
+    instances: dict[str, list[str]] = {}
+    for uid in partly:
+        at_site = listed.get(uid)
+        if at_site is None or len(at_site) < counts[uid]:
+            whole.append(uid)
+            continue
+        wanted = [sop for sop in at_site if sop not in cached.get(uid, set())]
+        if wanted:
+            instances[uid] = wanted
+        else:
+            whole.append(uid)
+    return sorted(whole), instances
+
+
+def cached_uids(
+    db: Database, study_uid: str, series_uids: Sequence[str]
+) -> dict[str, set[str]]:
+    """The SOP Instance UIDs the cache holds of some series of `study_uid`."""
+    if not series_uids:
+        return {}
+    with db.session() as session:
+        rows = session.execute(
+            select(CachedInstance.series_uid, CachedInstance.sop_instance_uid).where(
+                CachedInstance.study_uid == study_uid,
+                CachedInstance.series_uid.in_(list(series_uids)),
+            )
+        ).all()
+    found: dict[str, set[str]] = {}
+    for series_uid, sop_uid in rows:
+        found.setdefault(str(series_uid), set()).add(str(sop_uid))
+    return found
 
 
 def _retrieve(
@@ -369,28 +465,42 @@ def _retrieve(
     site: Site,
     study_uid: str,
     series_uids: list[str] | None = None,
+    instance_uids: Mapping[str, list[str]] | None = None,
 ) -> MoveOutcome:
-    """Ask `site` to send the study (or only `series_uids` of it) to the cache."""
-    return transports.retrieve(settings, archive, site, study_uid, series_uids)
+    """Ask `site` for the study, or only for the series and instances named."""
+    return transports.retrieve(
+        settings, archive, site, study_uid, series_uids, instance_uids
+    )
 
 
 def _site_series(
     settings: Settings, site: Site, study_uid: str
 ) -> dict[str, int] | None:
-    """The site's series and counts; None when it cannot say (no C-FIND,
-    failure, no series, or a series without a count)."""
-    if site.query != "c-find":
+    """The site's series and counts; None when it cannot say (a failed
+    search, no series, or a series without a count).
+
+    Raises
+    ------
+    AssociationFailed
+        A site queried by C-FIND refused or dropped the association.
+    """
+    if site.query == "qido-rs" and not site.dicomweb_url:
         return None
     try:
-        found = query_series(
-            calling_ae=settings.ae_title,
-            ae_title=site.ae_title,
-            host=site.host,
-            port=site.port,
-            study_uid=study_uid,
-            timeout=site.timeout,
-            tls=site_tls(site),
-        )
+        if site.query == "qido-rs":
+            found = search_for_series(transports.endpoint(site), study_uid)
+        else:
+            found = query_series(
+                calling_ae=settings.ae_title,
+                ae_title=site.ae_title,
+                host=site.host,
+                port=site.port,
+                study_uid=study_uid,
+                timeout=site.timeout,
+                tls=site_tls(site),
+            )
+    except AssociationFailed:
+        raise
     except (SpidersError, OSError, ValueError) as exc:
         logger.warning(
             LOG_NO_SERIES, extra={"site": site.name, "error": type(exc).__name__}
@@ -401,6 +511,50 @@ def _site_series(
         logger.warning(LOG_NO_SERIES, extra={"site": site.name, "series": len(found)})
         return None
     return counts
+
+
+def _site_instances(
+    settings: Settings, site: Site, study_uid: str, series_uids: list[str]
+) -> dict[str, list[str]]:
+    """The site's SOP Instance UIDs of each of `series_uids` it could list.
+
+    Raises
+    ------
+    AssociationFailed
+        A site queried by C-FIND refused or dropped the association.
+    """
+    if site.query == "qido-rs":
+        listed: dict[str, list[str]] = {}
+        for uid in series_uids:
+            try:
+                listed[uid] = search_for_instances(
+                    transports.endpoint(site), study_uid, uid
+                )
+            except (SpidersError, OSError, ValueError) as exc:
+                _no_instances(site, exc)
+        return listed
+    try:
+        return query_instances(
+            calling_ae=settings.ae_title,
+            ae_title=site.ae_title,
+            host=site.host,
+            port=site.port,
+            study_uid=study_uid,
+            series_uids=series_uids,
+            timeout=site.timeout,
+            tls=site_tls(site),
+        )
+    except AssociationFailed:
+        raise
+    except (SpidersError, OSError, ValueError) as exc:
+        _no_instances(site, exc)
+        return {}
+
+
+def _no_instances(site: Site, exc: Exception) -> None:
+    logger.warning(
+        LOG_NO_INSTANCES, extra={"site": site.name, "error": type(exc).__name__}
+    )
 
 
 def _store_series(db: Database, prefetch_id: str, counts: Mapping[str, int]) -> None:
@@ -422,7 +576,9 @@ def _store_series(db: Database, prefetch_id: str, counts: Mapping[str, int]) -> 
                 )
 
 
-def _finish(db: Database, prefetch_id: str, outcome: MoveOutcome) -> str:
+def _finish(
+    db: Database, prefetch_id: str, outcome: MoveOutcome, retry_base: float
+) -> str:
     """Count what the cache holds and conclude, if the prefetch is still ours."""
     with db.session() as session:
         prefetch = session.get(Prefetch, prefetch_id)
@@ -439,7 +595,7 @@ def _finish(db: Database, prefetch_id: str, outcome: MoveOutcome) -> str:
             return str(prefetch.state)
         for row in prefetch.series:
             row.received = held.get(row.series_uid, 0)
-        state = conclude(prefetch, outcome, sum(held.values()))
+        state = conclude(prefetch, outcome, sum(held.values()), retry_base)
         _log_done(prefetch, outcome)
     return state
 

@@ -1,6 +1,7 @@
 """The retrieve transports: one call that retrieves a study by the site's means.
 
-The prefetch asks for a study (or some of its series) and gets a
+The prefetch asks for a study, or for what is missing of it (whole series,
+and the instances missing from a partly received series), and gets a
 :class:`~ihe.qr.rad16_retrieve_images.RetrieveOutcome`, whichever way the
 sites file says the site is retrieved from (``retrieve``):
 
@@ -30,7 +31,7 @@ written is logged and does not change the retrieve's outcome.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from urllib.parse import urlsplit
 
 from ihe.dicom.archive import Archive
@@ -54,8 +55,9 @@ def retrieve(
     site: Site,
     study_uid: str,
     series_uids: Sequence[str] | None = None,
+    instance_uids: Mapping[str, Sequence[str]] | None = None,
 ) -> MoveOutcome:
-    """Retrieve `study_uid` (or only `series_uids` of it) from `site`.
+    """Retrieve `study_uid`, or only the series and instances named, from `site`.
 
     Parameters
     ----------
@@ -65,6 +67,11 @@ def retrieve(
         The cache, where C-GET and WADO-RS store what they receive.
     site : Site
         The site, whose ``retrieve`` chooses the transport.
+    series_uids : sequence of str, optional
+        Series wanted whole.
+    instance_uids : mapping, optional
+        Series Instance UID to the SOP Instance UIDs wanted of it. With
+        neither, the whole study.
 
     Returns
     -------
@@ -80,6 +87,7 @@ def retrieve(
             study_uid=study_uid,
             archive=archive,
             series_uids=series_uids,
+            instance_uids=instance_uids,
             timeout=site.timeout,
             tls=site_tls(site),
         )
@@ -94,6 +102,7 @@ def retrieve(
             study_uid,
             archive,
             series_uids=series_uids,
+            instance_uids=instance_uids,
             bandwidth_mbps=site.bandwidth_mbps,
             source=site.ae_title,
         )
@@ -110,6 +119,7 @@ def retrieve(
             timeout=site.timeout,
             tls=site_tls(site),
             series_uids=series_uids,
+            instance_uids=instance_uids,
         )
     return outcome
 

@@ -10,7 +10,14 @@ import pytest
 from sqlalchemy import select
 
 from ihe.qr.rad16_retrieve_images import MoveOutcome
-from server.config import Directory, MaintenanceWindow, Settings, Site
+from server.config import (
+    Directory,
+    MaintenanceWindow,
+    Settings,
+    Site,
+    load_settings,
+)
+from server.errors import AssociationFailed, ConfigurationError
 from server.models import (
     CachedInstance,
     Candidate,
@@ -157,16 +164,22 @@ def _seed(rt: Runtime, prefetch_id: str = "f1", study: str = STUDY) -> None:
 
 
 def _cache(rt: Runtime, series_uid: str, count: int, study: str = STUDY) -> None:
+    _cache_uids(rt, series_uid, [f"{series_uid}.{n + 1}" for n in range(count)], study)
+
+
+def _cache_uids(
+    rt: Runtime, series_uid: str, sop_uids: list[str], study: str = STUDY
+) -> None:
     with rt.db.session() as session:
-        for n in range(count):
+        for sop_uid in sop_uids:
             session.add(
                 CachedInstance(
-                    sop_instance_uid=f"{series_uid}.{n + 1}",
+                    sop_instance_uid=sop_uid,
                     sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
                     study_uid=study,
                     series_uid=series_uid,
                     transfer_syntax="1.2.840.10008.1.2.1",
-                    path=f"x/{series_uid}/{n}.dcm",
+                    path=f"x/{series_uid}/{sop_uid}.dcm",
                     size=1,
                 )
             )
@@ -179,11 +192,31 @@ class FakeTransport:
         self.rt = rt
         self.counts = counts
         self.asked: list[list[str] | None] = []
+        self.asked_instances: list[dict[str, list[str]] | None] = []
+        self.listed: list[list[str]] = []
         self.deliver: dict[str, int] = {}
         self.outcome = MoveOutcome("success", status=0)
+        # The site's SOP Instance UIDs of each series, as _cache names them.
+        self.instances = {
+            uid: [f"{uid}.{n + 1}" for n in range(count)]
+            for uid, count in (counts or {}).items()
+        }
+        self.unreachable = False
 
     def series(self, settings: Settings, site: Site, study_uid: str) -> Any:
+        if self.unreachable:
+            raise AssociationFailed(
+                "no association with CHU_NORD: refused, unreachable or timed out"
+            )
         return self.counts
+
+    def list_instances(
+        self, settings: Settings, site: Site, study_uid: str, series_uids: list[str]
+    ) -> dict[str, list[str]]:
+        self.listed.append(list(series_uids))
+        return {
+            uid: self.instances[uid] for uid in series_uids if uid in self.instances
+        }
 
     def retrieve(
         self,
@@ -192,11 +225,17 @@ class FakeTransport:
         site: Site,
         study_uid: str,
         series_uids: list[str] | None = None,
+        instance_uids: dict[str, list[str]] | None = None,
     ) -> MoveOutcome:
         self.asked.append(series_uids)
+        self.asked_instances.append(
+            None if instance_uids is None else dict(instance_uids)
+        )
         for uid, count in self.deliver.items():
             _cache(self.rt, uid, count)
         self.deliver = {}
+        for uid, sops in (instance_uids or {}).items():
+            _cache_uids(self.rt, uid, sops)
         return self.outcome
 
 
@@ -204,6 +243,7 @@ class FakeTransport:
 def transport(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> FakeTransport:
     fake = FakeTransport(rt, {SERIES[0]: 2, SERIES[1]: 3, SERIES[2]: 4})
     monkeypatch.setattr(prefetch_workflow, "_site_series", fake.series)
+    monkeypatch.setattr(prefetch_workflow, "_site_instances", fake.list_instances)
     monkeypatch.setattr(prefetch_workflow, "_retrieve", fake.retrieve)
     return fake
 
@@ -440,3 +480,128 @@ def test_run_result_of_a_worker_whose_prefetch_was_resumed_is_dropped(
     assert prefetch_workflow.run(settings, rt.db, rt.archive, "f1") == "running"
     kept = _state(rt)
     assert (kept.state, kept.worker, kept.reason) == ("running", "elsewhere:9", None)
+
+
+def test_run_partly_cached_series_asks_only_its_missing_instances(
+    rt: Runtime, transport: FakeTransport
+) -> None:
+    _seed(rt)
+    _cache(rt, SERIES[0], 2)  # complete
+    _cache_uids(rt, SERIES[1], [f"{SERIES[1]}.2"])  # 1 of 3
+    # SERIES[2]: nothing cached.
+    assert prefetch_workflow.claim(rt.db, "f1")
+    transport.deliver = {SERIES[2]: 4}
+    settings = _with_site(rt, _site())
+    assert prefetch_workflow.run(settings, rt.db, rt.archive, "f1") == "ready"
+    assert transport.listed == [[SERIES[1]]]
+    assert transport.asked == [[SERIES[2]]]
+    assert transport.asked_instances == [
+        {SERIES[1]: [f"{SERIES[1]}.1", f"{SERIES[1]}.3"]}
+    ]
+    done = _state(rt)
+    assert [(s.series_uid, s.received) for s in done.series] == [
+        (SERIES[0], 2),
+        (SERIES[1], 3),
+        (SERIES[2], 4),
+    ]
+
+
+def test_run_only_partly_cached_series_no_series_asked_whole(
+    rt: Runtime, transport: FakeTransport
+) -> None:
+    _seed(rt)
+    _cache(rt, SERIES[0], 1)
+    _cache(rt, SERIES[1], 3)
+    _cache(rt, SERIES[2], 2)
+    assert prefetch_workflow.claim(rt.db, "f1")
+    settings = _with_site(rt, _site())
+    assert prefetch_workflow.run(settings, rt.db, rt.archive, "f1") == "ready"
+    assert transport.listed == [[SERIES[0], SERIES[2]]]
+    assert transport.asked == [None]
+    assert transport.asked_instances == [
+        {
+            SERIES[0]: [f"{SERIES[0]}.2"],
+            SERIES[2]: [f"{SERIES[2]}.3", f"{SERIES[2]}.4"],
+        }
+    ]
+
+
+def test_run_site_listing_fewer_instances_than_it_counts_gets_series_whole(
+    rt: Runtime, transport: FakeTransport
+) -> None:
+    _seed(rt)
+    _cache(rt, SERIES[0], 2)
+    _cache(rt, SERIES[1], 3)
+    _cache(rt, SERIES[2], 1)
+    # A capped answer: 2 of the 4 instances the site counts.
+    transport.instances[SERIES[2]] = [f"{SERIES[2]}.1", f"{SERIES[2]}.2"]
+    assert prefetch_workflow.claim(rt.db, "f1")
+    settings = _with_site(rt, _site())
+    # The fake site sends nothing: the count still decides.
+    assert prefetch_workflow.run(settings, rt.db, rt.archive, "f1") == "partial"
+    assert transport.asked == [[SERIES[2]]]
+    assert transport.asked_instances == [None]
+    assert _state(rt).reason == "6 of 9 instance(s) received (1 of 3 series incomplete)"
+
+
+def test_run_site_unable_to_list_a_series_gets_it_whole(
+    rt: Runtime, transport: FakeTransport
+) -> None:
+    _seed(rt)
+    _cache(rt, SERIES[0], 1)
+    _cache(rt, SERIES[1], 3)
+    _cache(rt, SERIES[2], 4)
+    del transport.instances[SERIES[0]]
+    assert prefetch_workflow.claim(rt.db, "f1")
+    settings = _with_site(rt, _site())
+    prefetch_workflow.run(settings, rt.db, rt.archive, "f1")
+    assert (transport.asked, transport.asked_instances) == ([[SERIES[0]]], [None])
+
+
+def test_run_site_not_answering_the_series_query_not_asked_to_send(
+    rt: Runtime, transport: FakeTransport
+) -> None:
+    _seed(rt)
+    transport.unreachable = True
+    assert prefetch_workflow.claim(rt.db, "f1")
+    settings = replace(_with_site(rt, _site()), retry_base_seconds=1.0)
+    assert prefetch_workflow.run(settings, rt.db, rt.archive, "f1") == "scheduled"
+    assert transport.asked == []
+    waiting = _state(rt)
+    assert waiting.reason == (
+        "retry 2 in 1 s: the association was aborted or timed out: "
+        "no association with CHU_NORD: refused, unreachable or timed out"
+    )
+    assert 0 < (waiting.due_at - datetime.now(UTC)).total_seconds() <= 1
+
+
+def test_conclude_retry_base_from_settings_doubles_each_attempt() -> None:
+    p = prefetch(120, attempts=2)
+    conclude(p, MoveOutcome("association_aborted"), 0, retry_base=1.5)
+    assert p.reason == "retry 3 in 3 s: the association was aborted or timed out"
+
+
+def test_cached_uids_only_the_series_asked() -> None:
+    assert prefetch_workflow.cached_uids(None, STUDY, []) == {}  # type: ignore[arg-type]
+
+
+def test_cached_uids_by_series(rt: Runtime) -> None:
+    _cache(rt, SERIES[0], 2)
+    _cache(rt, SERIES[1], 1)
+    assert prefetch_workflow.cached_uids(rt.db, STUDY, [SERIES[0]]) == {
+        SERIES[0]: {f"{SERIES[0]}.1", f"{SERIES[0]}.2"}
+    }
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [(None, 20.0), ("1", 1.0), ("0.5", 0.5)]
+)
+def test_load_settings_retry_base_seconds(value: str | None, expected: float) -> None:
+    env = {} if value is None else {"SPIDERS_RETRY_BASE_SECONDS": value}
+    assert load_settings(env).retry_base_seconds == expected
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "90000", "soon"])
+def test_load_settings_retry_base_seconds_refused(value: str) -> None:
+    with pytest.raises(ConfigurationError, match="SPIDERS_RETRY_BASE_SECONDS"):
+        load_settings({"SPIDERS_RETRY_BASE_SECONDS": value})
