@@ -204,6 +204,7 @@ class Settings:
     retry_base_seconds: float = 20.0
     notify_url: str | None = None
     worker_concurrency: int = 4
+    store_processes: int = 1
     queue: str = "spiders"
     jwt_keys: str | None = None
     jwt_issuer: str | None = None
@@ -288,6 +289,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         ),
         **_prefetch_settings(env),
         worker_concurrency=_int(get("WORKER_CONCURRENCY", "4"), "WORKER_CONCURRENCY"),
+        store_processes=_store_processes(get("STORE_PROCESSES", "")),
         queue=get("QUEUE", "spiders"),
         **_security(env),
         log_format=get("LOG_FORMAT", "text"),
@@ -742,6 +744,16 @@ def _check_ae_title(value: str, where: str) -> None:
             f"{where} {value!r} is not an AE title (1-16 characters, no backslash, "
             "no leading or trailing space)"
         )
+
+
+def _store_processes(value: str) -> int:
+    """DICOM listener processes; one unless set (see ``server.serve``)."""
+    if not value:
+        return 1
+    count = _int(value, "SPIDERS_STORE_PROCESSES")
+    if count < 1:
+        raise ConfigurationError("SPIDERS_STORE_PROCESSES must be at least 1")
+    return count
 
 
 def _int(value: Any, where: str) -> int:

@@ -4,6 +4,9 @@ One process tree: this process runs the HTTP server (cheroot, TLS when
 configured), the DICOM listener (pynetdicom, in threads), the HL7 v2 listener
 (MLLP, in threads) and the dispatcher that hands due work to
 the queue; a child process runs the Celery worker on the configured broker.
+With ``SPIDERS_STORE_PROCESSES`` above one, further child processes run the
+same DICOM listener on the same port (``SO_REUSEPORT``): the kernel hands
+each association to one of them, so sites sending at once use every core.
 SIGINT or SIGTERM stops the listener, the worker and the HTTP server, in
 that order, and writes the Application Stop audit record. A thread sends the
 audit outbox to the configured audit repositories (ITI-20) and, at the stop,
@@ -11,8 +14,12 @@ sends it once more.
 
 Limitations
 -----------
-The worker child is not restarted if it dies; ``spiders serve`` then exits
-with an error so that the service manager restarts the whole tree.
+The worker child and the listener children are not restarted if they die;
+``spiders serve`` then exits with an error so that the service manager
+restarts the whole tree. One association is received by one process: a
+single study sent on one association uses one core. Two servers started on
+the same port within the same instant could both bind it; the check that
+the port is free happens just before binding.
 """
 
 from __future__ import annotations
@@ -36,7 +43,13 @@ from pynetdicom.transport import ThreadedAssociationServer
 from ihe.atna.codes import EventTypeCode
 from ihe.atna.delivery import OutboxSender
 from ihe.dicom.acceptance import CallerPolicy
-from ihe.dicom.ae import TLS_FAILURE_CALLBACK, add_storage_scp_contexts, make_ae
+from ihe.dicom.ae import (
+    TLS_FAILURE_CALLBACK,
+    add_storage_scp_contexts,
+    make_ae,
+    port_is_free,
+    start_shared_port_server,
+)
 from ihe.dicom.qr_scp import FindSummary, QueryRetrieveSCP
 from ihe.dicom.sop_classes import (
     PatientRootQueryRetrieveInformationModelFind,
@@ -47,17 +60,24 @@ from ihe.dicom.sop_classes import (
     StudyRootQueryRetrieveInformationModelMove,
     Verification,
 )
-from ihe.dicom.storage_scp import AssociationSummary, StorageSCP
+from ihe.dicom.storage_scp import (
+    AssociationSummary,
+    StorageSCP,
+    receive_into_files,
+)
 from ihe.hl7v2.listener import MllpListener
 from ihe.hl7v2.receiver import make_listener
 from ihe.tls import server_context
-from server import audit, tasks
+from server import audit, logging_setup, runtime, tasks
+from server.config import load_settings
+from server.db import Database
 from server.http.app import create_app
 from server.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
 DISPATCH_INTERVAL = 2.0
+LISTENER_STOP_TIMEOUT = 10.0
 MAX_ASSOCIATIONS = 64
 QR_MODELS = (
     StudyRootQueryRetrieveInformationModelFind,
@@ -79,11 +99,18 @@ class Services:
     stop: threading.Event = field(default_factory=threading.Event)
     audit_sender: OutboxSender | None = None
     mllp: MllpListener | None = None
+    listeners: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
 
-def start_dicom(rt: Runtime) -> ThreadedAssociationServer:
-    """Start the cache's listener: Storage SCP and Q/R SCP for the consoles."""
+def start_dicom(rt: Runtime, *, shared_port: bool = False) -> ThreadedAssociationServer:
+    """Start the cache's listener: Storage SCP and Q/R SCP for the consoles.
+
+    With `shared_port`, the port is bound with ``SO_REUSEPORT`` so that the
+    listener processes of :func:`start_listener_processes` share it.
+    """
     settings = rt.settings
+    # This process receives C-STOREs only here: datasets go straight to files.
+    receive_into_files()
     ae = make_ae(settings.ae_title)
     add_storage_scp_contexts(ae)
     ae.add_supported_context(Verification)
@@ -119,13 +146,18 @@ def start_dicom(rt: Runtime) -> ThreadedAssociationServer:
             settings.dicom_tls_key,
             settings.dicom_tls_client_ca,
         )
-    server = ae.start_server(
-        (settings.dicom_host, settings.dicom_port),
-        block=False,
-        ssl_context=tls,
-        evt_handlers=[*policy.handlers, *storage.handlers, *qr.handlers],
-    )
-    assert server is not None
+    address = (settings.dicom_host, settings.dicom_port)
+    handlers = [*policy.handlers, *storage.handlers, *qr.handlers]
+    if shared_port:
+        server = start_shared_port_server(
+            ae, address, ssl_context=tls, evt_handlers=handlers
+        )
+    else:
+        started = ae.start_server(
+            address, block=False, ssl_context=tls, evt_handlers=handlers
+        )
+        assert started is not None
+        server = started
     setattr(server, TLS_FAILURE_CALLBACK, audit_tls_failure(rt, "dicom"))
     logger.info(
         "DICOM listener started",
@@ -134,9 +166,48 @@ def start_dicom(rt: Runtime) -> ThreadedAssociationServer:
             "port": settings.dicom_port,
             "tls": tls is not None,
             "known_callers": len(policy.allowed),
+            "pid": os.getpid(),
         },
     )
     return server
+
+
+def start_listener_processes(rt: Runtime, count: int) -> list[subprocess.Popen[bytes]]:
+    """Start `count` more processes running the DICOM listener on its port.
+
+    Each builds its own runtime from the same environment and binds the
+    port with ``SO_REUSEPORT``; :func:`start_dicom` must have bound it the
+    same way in this process first.
+    """
+    cmd = [sys.executable, "-m", "server.serve", "--dicom-listener"]
+    children = []
+    for _ in range(count):
+        child = subprocess.Popen(cmd, env=os.environ.copy())
+        logger.info("DICOM listener process started", extra={"pid": child.pid})
+        children.append(child)
+    return children
+
+
+def listener_main() -> int:
+    """Entry point of a listener process: run until told to stop."""
+    settings = load_settings()
+    logging_setup.configure(settings.log_level, settings.log_format)
+    rt = Runtime(settings)
+    # The parent created the schema and synchronised the sites already; a
+    # second synchronisation racing the other listeners is avoided.
+    vars(rt)["db"] = Database(settings.database_url)
+    runtime.install(rt)
+    server = start_dicom(rt, shared_port=True)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    parent = os.getppid()
+    # Leave with the parent, even when it could not say so.
+    while not stop.wait(1.0) and os.getppid() == parent:
+        pass
+    server.shutdown()
+    rt.db.dispose()
+    return 0
 
 
 def caller_policy(rt: Runtime) -> CallerPolicy:
@@ -235,7 +306,7 @@ def serve(
         )
     with rt.db.session() as session:
         audit.application(session, settings, started=True)
-    dicom = start_dicom(rt)
+    dicom, listeners = _start_listeners(rt)
     mllp = start_mllp(rt)
     http = start_http(rt)
     if with_worker:
@@ -243,7 +314,14 @@ def serve(
         # previous process stopped will never finish unless sent again.
         tasks.recover_interrupted()
     worker = start_worker(rt) if with_worker else None
-    services = Services(dicom, http, worker, audit_sender=audit_sender, mllp=mllp)
+    services = Services(
+        dicom,
+        http,
+        worker,
+        audit_sender=audit_sender,
+        mllp=mllp,
+        listeners=listeners,
+    )
     _install_signals(services)
     audit.start_delivery(audit_sender, services.stop)
     dispatcher = threading.Thread(
@@ -258,6 +336,20 @@ def serve(
     finally:
         status = _shutdown(rt, services)
     return status
+
+
+def _start_listeners(
+    rt: Runtime,
+) -> tuple[ThreadedAssociationServer, list[subprocess.Popen[bytes]]]:
+    """This process's DICOM listener, and the other listener processes."""
+    settings = rt.settings
+    count = settings.store_processes
+    if count == 1:
+        return start_dicom(rt), []
+    address = (settings.dicom_host, settings.dicom_port)
+    if not port_is_free(address):
+        raise OSError(f"port {settings.dicom_port} is in use")
+    return start_dicom(rt, shared_port=True), start_listener_processes(rt, count - 1)
 
 
 def start_http(rt: Runtime) -> wsgi.Server:
@@ -294,6 +386,14 @@ def _dispatch_loop(services: Services) -> None:
             logger.error("worker exited", extra={"status": services.worker.returncode})
             services.stop.set()
             return
+        for child in services.listeners:
+            if child.poll() is not None:
+                logger.error(
+                    "DICOM listener process exited",
+                    extra={"pid": child.pid, "status": child.returncode},
+                )
+                services.stop.set()
+                return
 
 
 def _install_signals(services: Services) -> None:
@@ -311,10 +411,10 @@ def _install_signals(services: Services) -> None:
 def _shutdown(rt: Runtime, services: Services) -> int:
     services.stop.set()
     services.http.stop()
+    status = _stop_listeners(services.listeners)
     services.dicom.shutdown()
     if services.mllp is not None:
         services.mllp.stop()
-    status = 0
     if services.worker is not None:
         if services.worker.poll() is None:
             services.worker.send_signal(signal.SIGTERM)
@@ -330,6 +430,23 @@ def _shutdown(rt: Runtime, services: Services) -> int:
     if services.audit_sender is not None:
         audit.flush_delivery(services.audit_sender)
     logger.info("stopped")
+    return status
+
+
+def _stop_listeners(listeners: list[subprocess.Popen[bytes]]) -> int:
+    """Stop the listener processes; 1 when one had already exited."""
+    status = 0
+    for child in listeners:
+        if child.poll() is not None:
+            status = 1
+            continue
+        child.send_signal(signal.SIGTERM)
+    for child in listeners:
+        try:
+            child.wait(timeout=LISTENER_STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
     return status
 
 
@@ -395,3 +512,10 @@ def _audit_delivery(rt: Runtime) -> Any:
                 )
 
     return write
+
+
+if __name__ == "__main__":
+    # Run through the imported module, so that its loggers keep their name.
+    from server.serve import listener_main as run_listener
+
+    sys.exit(run_listener() if sys.argv[1:] == ["--dicom-listener"] else 2)

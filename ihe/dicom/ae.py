@@ -15,6 +15,10 @@ waits for the previous one's acknowledgement (about 20 images a second on
 loopback). :func:`enable_tcp_nodelay` wraps pynetdicom's socket creation, on
 both the requesting and the accepting side, once per process.
 
+Several processes, one port: :func:`start_shared_port_server` binds with
+``SO_REUSEPORT``, so that several listener processes accept associations on
+the same port and the kernel spreads the associations between them.
+
 Limitations
 -----------
 No TLS yet: associations are plain TCP. The TCP_NODELAY wrap changes
@@ -27,6 +31,7 @@ import logging
 import re
 import socket
 import ssl
+import threading
 from typing import Any
 
 from pynetdicom import (
@@ -35,10 +40,12 @@ from pynetdicom import (
     AllStoragePresentationContexts,
     _config,
 )
+from pynetdicom.events import EventHandlerType
 from pynetdicom.transport import (
     AddressInformation,
     AssociationServer,
     AssociationSocket,
+    ThreadedAssociationServer,
 )
 
 logger = logging.getLogger(__name__)
@@ -150,6 +157,61 @@ def enable_tcp_nodelay() -> None:
     AssociationServer.get_request = get_request  # type: ignore[method-assign]
     AssociationSocket._create_socket = create_socket  # type: ignore[method-assign]
     _nodelay_enabled = True
+
+
+class SharedPortServer(ThreadedAssociationServer):
+    """A threaded association server whose port other processes share.
+
+    ``SO_REUSEPORT`` is set before binding; every process bound this way
+    accepts whole associations, chosen by the kernel.
+    """
+
+    def server_bind(self) -> None:
+        """Set ``SO_REUSEPORT``, then bind as pynetdicom does."""
+        assert self.socket is not None
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
+def start_shared_port_server(
+    ae: AE,
+    address: tuple[str, int],
+    *,
+    ssl_context: ssl.SSLContext | None,
+    evt_handlers: list[EventHandlerType],
+) -> ThreadedAssociationServer:
+    """Start `ae` as a non-blocking acceptor on a port shared by processes.
+
+    The same steps as ``AE.start_server(block=False)``, with
+    :class:`SharedPortServer`.
+    """
+    server = ae.make_server(
+        address,
+        ssl_context=ssl_context,
+        evt_handlers=evt_handlers,
+        server_class=SharedPortServer,
+    )
+    thread = threading.Thread(
+        target=server.serve_forever, name="shared-port-acceptor", daemon=True
+    )
+    thread.start()
+    ae._servers.append(server)
+    return server
+
+
+def port_is_free(address: tuple[str, int]) -> bool:
+    """True when no socket listens on `address` (sockets in TIME_WAIT aside).
+
+    Sockets bound with ``SO_REUSEPORT`` would let a second server join the
+    first one's port silently; binding once without it first tells.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError:
+            return False
+    return True
 
 
 def is_safe_uid(value: str) -> bool:

@@ -5,31 +5,68 @@ What one association delivered is summarised per study when it ends, so the
 caller can write one "DICOM Instances Transferred" audit message per study and
 source rather than one per instance.
 
+Two ways of receiving, the same result. By default pynetdicom gathers each
+dataset in memory and the handler writes those bytes. After
+:func:`receive_into_files`, pynetdicom writes each dataset to a file as its
+fragments arrive (Part 10: preamble, File Meta naming the negotiated transfer
+syntax, then the dataset bytes as received); the handler reads only the
+attributes before the pixel data, for the index, and moves the file into the
+archive. No instance is then held in memory whole, and the pixel data is
+never decoded or copied by Python code.
+
 Limitations
 -----------
 Any calling AE may store; restricting callers to the configured sites and
-consoles is not done yet.
+consoles is done by :mod:`ihe.dicom.acceptance`, not here.
+:func:`receive_into_files` switches pynetdicom for the whole process: other
+C-STORE receivers in that process (a C-GET client reading
+``event.encoded_dataset()``) would then fail, so only the cache's listener
+process turns it on. pynetdicom writes those files in the system's temporary
+folder; when that is another file system than the cache, each instance is
+copied once more instead of being moved.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import shutil
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
+from pathlib import Path
 
+from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pynetdicom import evt
+from pydicom.errors import InvalidDicomError
+from pynetdicom import _config, evt
 from pynetdicom.events import Event
 
-from ihe.dicom.archive import Archive
+from ihe.dicom.archive import Archive, StoredInstance
 from server.errors import StoreRefused
 
 logger = logging.getLogger(__name__)
 
 LOG_ASSOCIATION_DONE = "storage association ended"
+# Values longer than this are left unread when indexing a received file.
+DEFER_SIZE = 4096
+
+
+_umask = os.umask(0o022)
+os.umask(_umask)
+_FILE_MODE = 0o666 & ~_umask
+
+
+def receive_into_files(enabled: bool = True) -> None:
+    """Have pynetdicom write received C-STORE datasets straight to files.
+
+    Process-wide (pynetdicom's ``STORE_RECV_CHUNKED_DATASET``); see the
+    module's limitations.
+    """
+    _config.STORE_RECV_CHUNKED_DATASET = enabled
 
 
 class StoreStatus(IntEnum):
@@ -97,12 +134,12 @@ class StorageSCP:
 
     def handle_store(self, event: Event) -> int | Dataset:
         """Store one instance; answer a DIMSE status, never raise."""
+        received = _received_file(event)
         try:
-            ds = event.dataset
-            ds.file_meta = event.file_meta
+            ds = _identifiers(event, received)
             study_uid = str(ds.StudyInstanceUID)
             _ = ds.SeriesInstanceUID, ds.SOPInstanceUID
-        except (AttributeError, ValueError, KeyError) as exc:
+        except (AttributeError, ValueError, KeyError, InvalidDicomError) as exc:
             logger.warning(
                 "instance refused: unreadable identifiers",
                 extra={"error": type(exc).__name__},
@@ -111,9 +148,12 @@ class StorageSCP:
         tsyntax = str(event.context.transfer_syntax)
         calling = event.assoc.requestor.ae_title
         try:
-            stored = self.archive.store(
-                event.encoded_dataset(include_meta=True), ds, tsyntax, calling
-            )
+            if received is None:
+                stored = self.archive.store(
+                    event.encoded_dataset(include_meta=True), ds, tsyntax, calling
+                )
+            else:
+                stored = self._store_file(received, ds, tsyntax, calling)
         except StoreRefused as exc:
             logger.warning(
                 "instance refused", extra={"reason": str(exc), "calling_ae": calling}
@@ -129,6 +169,29 @@ class StorageSCP:
                 warning,
                 extra={"study_uid": study_uid, "calling_ae": calling},
             )
+        self._count(event, ds, study_uid, stored.replaced)
+        return StoreStatus.SUCCESS
+
+    def _store_file(
+        self, received: Path, ds: Dataset, tsyntax: str, calling: str
+    ) -> StoredInstance:
+        """Move (or, across file systems, copy) pynetdicom's file in."""
+        # pynetdicom's temporary files are private (0600); archive files get
+        # the permissions every other file of this process gets.
+        os.chmod(received, _FILE_MODE)
+        try:
+            return self.archive.store_file(received, ds, tsyntax, calling)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+        copy = self.archive.incoming_file()
+        shutil.copyfile(received, copy)
+        try:
+            return self.archive.store_file(copy, ds, tsyntax, calling)
+        finally:
+            copy.unlink(missing_ok=True)
+
+    def _count(self, event: Event, ds: Dataset, study_uid: str, replaced: bool) -> None:
         with self._lock:
             studies = self._open[id(event.assoc)]
             delivery = studies.get(study_uid)
@@ -137,11 +200,10 @@ class StorageSCP:
                     study_uid, _text(ds.get("PatientID")), _text(ds.get("PatientName"))
                 )
             delivery.sop_classes[str(ds.SOPClassUID)] += 1
-            if stored.replaced:
+            if replaced:
                 delivery.replaced += 1
             else:
                 delivery.new += 1
-        return StoreStatus.SUCCESS
 
     def handle_released(self, event: Event) -> None:
         """Summarise the association's deliveries."""
@@ -177,6 +239,24 @@ class StorageSCP:
                 self.on_association_done(summary)
             except Exception:
                 logger.exception("audit of a storage association failed")
+
+
+def _received_file(event: Event) -> Path | None:
+    """The file pynetdicom wrote the dataset to, or None (held in memory)."""
+    try:
+        path: Path | None = event.dataset_path
+    except AttributeError:
+        return None
+    return path
+
+
+def _identifiers(event: Event, received: Path | None) -> Dataset:
+    """The dataset for the index: decoded lazily, or read up to the pixels."""
+    if received is None:
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        return ds
+    return dcmread(received, stop_before_pixels=True, defer_size=DEFER_SIZE)
 
 
 def _report(
