@@ -122,7 +122,7 @@ def retrieve(site_name: str, study_uid: str) -> None:
     the instances.
     """
     from ihe.qr.rad16_retrieve_images import move_study
-    from server.peers import site_tls
+    from server.peers import site_call
 
     rt = _runtime(quiet=True)
     if not is_uid(study_uid):
@@ -145,14 +145,9 @@ def retrieve(site_name: str, study_uid: str) -> None:
             progress.update(bar, completed=done, total=total)
 
         outcome = move_study(
-            calling_ae=rt.settings.ae_title,
-            ae_title=site.ae_title,
-            host=site.host,
-            port=site.port,
+            **site_call(rt.settings, site),
             study_uid=study_uid,
             destination=rt.settings.ae_title,
-            timeout=site.timeout,
-            tls=site_tls(site),
             on_progress=on_progress,
         )
         progress.update(

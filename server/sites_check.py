@@ -30,7 +30,7 @@ from ihe.dicom.sop_classes import Verification
 from ihe.dicomweb import rad129_qido_rs_query as rad129
 from server.config import Settings, Site
 from server.errors import PeerError
-from server.peers import site_tls
+from server.peers import site_endpoint, site_tls
 
 logger = logging.getLogger(__name__)
 
@@ -193,15 +193,8 @@ def _status(code: int) -> str:
 
 
 def _ping(site: Site) -> tuple[DicomwebCheck, str | None]:
-    url = site.dicomweb_url or ""
-    endpoint = rad129.Endpoint(
-        url=url,
-        auth_header=site.dicomweb_auth_header,
-        ca=site.tls_ca,
-        cert=site.tls_cert,
-        key=site.tls_key,
-        timeout=site.timeout,
-    )
+    endpoint = site_endpoint(site)
+    url = endpoint.url
     try:
         answer = rad129.ping(endpoint)
     except PeerError as exc:

@@ -58,7 +58,7 @@ from pydicom.errors import InvalidDicomError
 from ihe.dicom.archive import Archive
 from ihe.dicom.storage_scp import StudyDelivery
 from ihe.dicomweb.multipart import MultipartReader, media_type_params
-from ihe.dicomweb.rad129_qido_rs_query import Endpoint
+from ihe.dicomweb.rad129_qido_rs_query import Endpoint, http_get
 from ihe.qr.rad16_retrieve_images import RetrieveOutcome
 from server.errors import PeerError, StoreRefused
 
@@ -194,7 +194,7 @@ def _retrieve(
 ) -> RetrieveOutcome:
     """One GET: its status, then its multipart body part by part."""
     try:
-        response = _get(http, endpoint, url)
+        response = http_get(http, endpoint, url, ACCEPT)
     except requests.Timeout:
         return RetrieveOutcome("association_aborted", error_comment="no answer in time")
     except requests.exceptions.SSLError:
@@ -264,26 +264,6 @@ def _http_failure(status: int) -> RetrieveOutcome:
     if status == 404:
         return RetrieveOutcome("not_found", http_status=status)
     return RetrieveOutcome("unable_to_process", http_status=status)
-
-
-def _get(http: requests.Session, endpoint: Endpoint, url: str) -> requests.Response:
-    headers = {"Accept": ACCEPT}
-    if endpoint.auth_header:
-        headers["Authorization"] = endpoint.auth_header
-    cert = (
-        (str(endpoint.cert), str(endpoint.key))
-        if endpoint.cert is not None and endpoint.key is not None
-        else None
-    )
-    return http.get(
-        url,
-        headers=headers,
-        timeout=endpoint.timeout,
-        verify=str(endpoint.ca) if endpoint.ca is not None else True,
-        cert=cert,
-        stream=True,
-        allow_redirects=False,
-    )
 
 
 class _ArchiveSink:

@@ -162,8 +162,20 @@ def _searches(
         yield {**base, "AccessionNumber": accession}
 
 
-def _get(http: requests.Session, endpoint: Endpoint, url: str) -> requests.Response:
-    headers = {"Accept": MEDIA_TYPE}
+def http_get(
+    http: requests.Session, endpoint: Endpoint, url: str, accept: str
+) -> requests.Response:
+    """GET `url` of `endpoint` with its credentials, TLS files and time-out.
+
+    The answer is streamed and a redirect is not followed. The RAD-107 client
+    (:mod:`ihe.dicomweb.rad107_wado_rs_retrieve`) sends its requests so too.
+
+    Raises
+    ------
+    requests.RequestException
+        No answer: each caller says what that means to it.
+    """
+    headers = {"Accept": accept}
     if endpoint.auth_header:
         headers["Authorization"] = endpoint.auth_header
     cert = (
@@ -171,16 +183,20 @@ def _get(http: requests.Session, endpoint: Endpoint, url: str) -> requests.Respo
         if endpoint.cert is not None and endpoint.key is not None
         else None
     )
+    return http.get(
+        url,
+        headers=headers,
+        timeout=endpoint.timeout,
+        verify=str(endpoint.ca) if endpoint.ca is not None else True,
+        cert=cert,
+        stream=True,
+        allow_redirects=False,
+    )
+
+
+def _get(http: requests.Session, endpoint: Endpoint, url: str) -> requests.Response:
     try:
-        response = http.get(
-            url,
-            headers=headers,
-            timeout=endpoint.timeout,
-            verify=str(endpoint.ca) if endpoint.ca is not None else True,
-            cert=cert,
-            stream=True,
-            allow_redirects=False,
-        )
+        response = http_get(http, endpoint, url, MEDIA_TYPE)
     except requests.Timeout as exc:
         raise PeerError(f"{endpoint.url} did not answer in time") from exc
     except requests.exceptions.SSLError as exc:

@@ -51,11 +51,11 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pynetdicom.association import Association
 
-from ihe.dicom.ae import make_ae
 from ihe.dicom.sop_classes import (
     PatientRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelFind,
 )
+from ihe.qr.association import associate, refused_text, released
 from mappings.dicom_study import QueryResult as QueryResult
 from mappings.dicom_study import (
     StudyFound,
@@ -175,17 +175,9 @@ def query_studies(
         The site answered a C-FIND with a failure status.
     """
     sop_class = sop_class_for(query_model)
-    ae = make_ae(calling_ae)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    ae.add_requested_context(sop_class)
-    tls_args = (tls, host) if tls is not None else None
-    assoc = ae.associate(host, port, ae_title=ae_title, tls_args=tls_args)
-    if not assoc.is_established:
-        raise AssociationFailed(
-            f"no association with {ae_title}: refused, unreachable or timed out"
-        )
+    assoc = _associate(calling_ae, ae_title, host, port, sop_class, timeout, tls)
     finder = _Finder(assoc, sop_class, ae_title, patient_id)
-    try:
+    with released(assoc):
         patient = None
         if query_model == "patient":
             patient = finder.patient_attributes()
@@ -195,9 +187,6 @@ def query_studies(
                 patient_id, query_model, study_uids, accession_numbers
             ):
                 finder.studies(identifier)
-    finally:
-        if assoc.is_established:
-            assoc.release()
     if finder.ignored:
         logger.warning(
             "responses for another patient ignored",
@@ -247,23 +236,9 @@ class _Finder:
 
     def _find(self, identifier: Dataset) -> Iterator[Dataset]:
         self.sent.append(encode_identifier(identifier))
-        responses = self.assoc.send_c_find(identifier, self.sop_class)
-        for status, rsp in responses:
-            code = int(status.get("Status", -1)) if status else -1
-            if code in PENDING:
-                if rsp is not None:
-                    self._charset(rsp)
-                    yield rsp
-            elif code == SUCCESS:
-                return
-            elif code == -1:
-                raise AssociationFailed(
-                    f"{self.ae_title} aborted or timed out during C-FIND"
-                )
-            else:
-                raise DimseFailure(
-                    f"C-FIND at {self.ae_title} failed (0x{code:04X})", code
-                )
+        for rsp in _responses(self.assoc, identifier, self.ae_title, self.sop_class):
+            self._charset(rsp)
+            yield rsp
 
     def _charset(self, rsp: Dataset) -> None:
         received = normalise_character_set(rsp)
@@ -342,39 +317,17 @@ def query_series(
     DimseFailure
         The site answered the C-FIND with a failure status.
     """
-    ae = make_ae(calling_ae)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    ae.add_requested_context(SOP_CLASS)
     identifier = Dataset()
     identifier.QueryRetrieveLevel = "SERIES"
     identifier.StudyInstanceUID = study_uid
     identifier.SeriesInstanceUID = ""
     identifier.Modality = ""
     identifier.NumberOfSeriesRelatedInstances = ""
-    tls_args = (tls, host) if tls is not None else None
-    assoc = ae.associate(host, port, ae_title=ae_title, tls_args=tls_args)
-    if not assoc.is_established:
-        raise AssociationFailed(
-            f"no association with {ae_title}: refused, unreachable or timed out"
-        )
+    assoc = _associate(calling_ae, ae_title, host, port, SOP_CLASS, timeout, tls)
     series: dict[str, int | None] = {}
-    try:
-        for status, rsp in assoc.send_c_find(identifier, SOP_CLASS):
-            code = int(status.get("Status", -1)) if status else -1
-            if code in (0xFF00, 0xFF01):
-                if rsp is not None:
-                    _add_series(series, rsp, study_uid)
-            elif code == 0x0000:
-                break
-            elif code == -1:
-                raise AssociationFailed(
-                    f"{ae_title} aborted or timed out during C-FIND"
-                )
-            else:
-                raise DimseFailure(f"C-FIND at {ae_title} failed (0x{code:04X})", code)
-    finally:
-        if assoc.is_established:
-            assoc.release()
+    with released(assoc):
+        for rsp in _responses(assoc, identifier, ae_title):
+            _add_series(series, rsp, study_uid)
     logger.info(
         LOG_SERIES_QUERY_DONE, extra={"site_ae": ae_title, "series": len(series)}
     )
@@ -430,17 +383,9 @@ def query_instances(
         The site answered a C-FIND with a failure status (a site that does not
         support IMAGE-level queries usually answers so).
     """
-    ae = make_ae(calling_ae)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    ae.add_requested_context(SOP_CLASS)
-    tls_args = (tls, host) if tls is not None else None
-    assoc = ae.associate(host, port, ae_title=ae_title, tls_args=tls_args)
-    if not assoc.is_established:
-        raise AssociationFailed(
-            f"no association with {ae_title}: refused, unreachable or timed out"
-        )
+    assoc = _associate(calling_ae, ae_title, host, port, SOP_CLASS, timeout, tls)
     found: dict[str, list[str]] = {}
-    try:
+    with released(assoc):
         for series_uid in dict.fromkeys(series_uids):
             identifier = instance_identifier(study_uid, series_uid)
             uids: dict[str, None] = {}
@@ -449,9 +394,6 @@ def query_instances(
                 if uid:
                     uids[uid] = None
             found[series_uid] = list(uids)
-    finally:
-        if assoc.is_established:
-            assoc.release()
     logger.info(
         LOG_INSTANCE_QUERY_DONE,
         extra={
@@ -473,11 +415,41 @@ def instance_identifier(study_uid: str, series_uid: str) -> Dataset:
     return identifier
 
 
+def _associate(
+    calling_ae: str,
+    ae_title: str,
+    host: str,
+    port: int,
+    sop_class: str,
+    timeout: float,
+    tls: ssl.SSLContext | None,
+) -> Association:
+    """An established association for C-FINDs of `sop_class`.
+
+    Raises
+    ------
+    AssociationFailed
+        The site refused, or did not answer in time.
+    """
+    assoc = associate(
+        calling_ae=calling_ae,
+        ae_title=ae_title,
+        host=host,
+        port=port,
+        contexts=[(sop_class, None)],
+        timeout=timeout,
+        tls=tls,
+    )
+    if not assoc.is_established:
+        raise AssociationFailed(refused_text(ae_title))
+    return assoc
+
+
 def _responses(
-    assoc: Association, identifier: Dataset, ae_title: str
+    assoc: Association, identifier: Dataset, ae_title: str, sop_class: str = SOP_CLASS
 ) -> Iterator[Dataset]:
     """The pending responses' identifiers of one C-FIND; raises on failure."""
-    for status, rsp in assoc.send_c_find(identifier, SOP_CLASS):
+    for status, rsp in assoc.send_c_find(identifier, sop_class):
         code = int(status.get("Status", -1)) if status else -1
         if code in PENDING:
             if rsp is not None:

@@ -66,14 +66,20 @@ from dataclasses import dataclass, field
 from pydicom.dataset import Dataset
 from pynetdicom.association import Association
 
-from ihe.dicom.ae import make_ae
 from ihe.dicom.sop_classes import StudyRootQueryRetrieveInformationModelMove
 from ihe.dicom.storage_scp import StudyDelivery
+from ihe.qr.association import associate, refused_text, released
 
 logger = logging.getLogger(__name__)
 
 LOG_MOVE_DONE = "C-MOVE finished"
 SOP_CLASS = str(StudyRootQueryRetrieveInformationModelMove)
+# Pending statuses of C-FIND, C-MOVE and C-GET (PS3.4 C.4.1, C.4.2, C.4.3):
+# the operation continues.
+PENDING = (0xFF00, 0xFF01)
+# Seconds a retrieve waits at least for the site's next response: a site may
+# take minutes between two while it sends.
+MIN_DIMSE_TIMEOUT = 600.0
 # UIDs named in one request: 500 UIDs of 64 characters and their separators
 # stay under the 65,534 bytes of an Explicit VR UI value.
 MAX_UIDS_PER_REQUEST = 500
@@ -263,32 +269,31 @@ def move_study(
     MoveOutcome
         Never raises for peer behaviour; every failure is an outcome.
     """
-    ae = make_ae(calling_ae)
-    ae.acse_timeout = ae.network_timeout = timeout
-    ae.dimse_timeout = max(timeout, 600.0)
-    ae.add_requested_context(SOP_CLASS)
     identifiers = retrieve_identifiers(study_uid, series_uids, instance_uids)
-    tls_args = (tls, host) if tls is not None else None
-    assoc = ae.associate(host, port, ae_title=ae_title, tls_args=tls_args)
+    assoc = associate(
+        calling_ae=calling_ae,
+        ae_title=ae_title,
+        host=host,
+        port=port,
+        contexts=[(SOP_CLASS, None)],
+        timeout=timeout,
+        dimse_timeout=max(timeout, MIN_DIMSE_TIMEOUT),
+        tls=tls,
+    )
     if not assoc.is_established:
-        return _done(
-            MoveOutcome(
-                "association_aborted",
-                error_comment=f"no association with {ae_title}: refused, "
-                "unreachable or timed out",
-            )
+        return log_outcome(
+            logger,
+            LOG_MOVE_DONE,
+            MoveOutcome("association_aborted", error_comment=refused_text(ae_title)),
         )
-    try:
+    with released(assoc):
         outcomes = list(
             sent_in_turn(
                 identifiers,
                 lambda ds: _send_move(assoc, ds, ae_title, destination, on_progress),
             )
         )
-    finally:
-        if assoc.is_established:
-            assoc.release()
-    return _done(combine(outcomes))
+    return log_outcome(logger, LOG_MOVE_DONE, combine(outcomes))
 
 
 def sent_in_turn(
@@ -311,17 +316,51 @@ def _send_move(
     on_progress: Callable[[int, int | None], None] | None,
 ) -> MoveOutcome:
     """One C-MOVE request and its responses, read into an outcome."""
-    result = MoveOutcome("association_aborted")
+    result = read_responses(
+        assoc,
+        lambda: assoc.send_c_move(identifier, destination, SOP_CLASS),
+        ae_title,
+        on_progress,
+    )
+    if result.outcome == "move_destination_unknown":
+        result.error_comment = (
+            f"{ae_title} does not know move destination {destination} (A801)"
+        )
+    return result
+
+
+def read_responses(
+    assoc: Association,
+    send: Callable[[], Iterator[tuple[Dataset, Dataset | None]]],
+    peer: str,
+    on_progress: Callable[[int, int | None], None] | None,
+) -> RetrieveOutcome:
+    """One C-MOVE or C-GET request's responses, read into an outcome.
+
+    Pending responses (PS3.4 C.4.2, C.4.3) carry the counters and go
+    to `on_progress`; the final one gives the status, its Error Comment and
+    the Failed SOP Instance UID List. No final response is an aborted
+    association.
+
+    Parameters
+    ----------
+    send : callable
+        Sends the request on `assoc` and yields its (status, identifier)
+        responses.
+    peer : str
+        How the site is named in the error comments.
+    """
+    result = RetrieveOutcome("association_aborted")
     if not assoc.is_established:
-        result.error_comment = f"the association with {ae_title} ended"
+        result.error_comment = f"the association with {peer} ended"
         return result
-    for status, rsp in assoc.send_c_move(identifier, destination, SOP_CLASS):
+    for status, rsp in send():
         if not status or "Status" not in status:
-            result.error_comment = f"no final response from {ae_title}"
+            result.error_comment = f"no final response from {peer}"
             break
         code = int(status.Status)
         read_counters(result, status)
-        if code in (0xFF00, 0xFF01):
+        if code in PENDING:
             if on_progress is not None:
                 remaining = status.get("NumberOfRemainingSuboperations")
                 on_progress(
@@ -334,10 +373,6 @@ def _send_move(
         comment = status.get("ErrorComment")
         result.error_comment = str(comment).strip() if comment else None
         result.failed_uids = failed_uids(rsp)
-        if result.outcome == "move_destination_unknown":
-            result.error_comment = (
-                f"{ae_title} does not know move destination {destination} (A801)"
-            )
     return result
 
 
@@ -384,9 +419,12 @@ def _chunks(uids: list[str]) -> list[list[str]]:
     return [uids[n : n + step] for n in range(0, len(uids), step)]
 
 
-def _done(result: MoveOutcome) -> MoveOutcome:
-    logger.info(
-        LOG_MOVE_DONE,
+def log_outcome(
+    log: logging.Logger, message: str, result: RetrieveOutcome
+) -> RetrieveOutcome:
+    """Log the end of a retrieve with its outcome and counters; `result`."""
+    log.info(
+        message,
         extra={
             "outcome": result.outcome,
             "status": result.status,

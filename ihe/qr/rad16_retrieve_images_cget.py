@@ -45,19 +45,20 @@ from pynetdicom import build_role, evt, pdu_primitives
 from pynetdicom.association import Association
 from pynetdicom.events import Event
 
-from ihe.dicom.ae import make_ae
 from ihe.dicom.archive import Archive
 from ihe.dicom.sop_classes import (
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
 )
 from ihe.dicom.storage_scp import StoreStatus, StudyDelivery
+from ihe.qr.association import associate, refused_text, released
 from ihe.qr.rad16_retrieve_images import (
+    MIN_DIMSE_TIMEOUT,
+    PENDING,
     RetrieveOutcome,
-    classify,
     combine,
-    failed_uids,
-    read_counters,
+    log_outcome,
+    read_responses,
     retrieve_identifiers,
     sent_in_turn,
 )
@@ -72,7 +73,6 @@ GET_SOP_CLASS = str(StudyRootQueryRetrieveInformationModelGet)
 FIND_SOP_CLASS = str(StudyRootQueryRetrieveInformationModelFind)
 # PS3.8 9.3.2.2: presentation context IDs are odd numbers from 1 to 255.
 MAX_CONTEXTS = 128
-PENDING = (0xFF00, 0xFF01)
 UNCOMPRESSED_SYNTAXES = (uids.ExplicitVRLittleEndian, uids.ImplicitVRLittleEndian)
 # Most used by PACS first: the list is cut short when the classes are many.
 COMPRESSED_SYNTAXES = (
@@ -169,42 +169,37 @@ def get_study(
         sop_classes = DEFAULT_SOP_CLASSES
     contexts = storage_contexts(sop_classes)
     receiver = _Receiver(archive, ae_title)
-    ae = make_ae(calling_ae)
-    ae.acse_timeout = ae.network_timeout = timeout
-    ae.dimse_timeout = max(timeout, 600.0)
-    ae.add_requested_context(GET_SOP_CLASS)
-    for abstract_syntax, syntaxes in contexts:
-        ae.add_requested_context(abstract_syntax, list(syntaxes))
-    assoc = ae.associate(
-        host,
-        port,
+    assoc = associate(
+        calling_ae=calling_ae,
         ae_title=ae_title,
+        host=host,
+        port=port,
+        contexts=[(GET_SOP_CLASS, None), *contexts],
+        timeout=timeout,
+        dimse_timeout=max(timeout, MIN_DIMSE_TIMEOUT),
+        tls=tls,
         ext_neg=_roles(contexts),
         evt_handlers=[(evt.EVT_C_STORE, receiver.handle_store)],
-        tls_args=(tls, host) if tls is not None else None,
     )
     if not assoc.is_established:
-        return _done(
+        return log_outcome(
+            logger,
+            LOG_GET_DONE,
             RetrieveOutcome(
-                "association_aborted",
-                error_comment=f"no association with {ae_title}: refused, "
-                "unreachable or timed out",
-            )
+                "association_aborted", error_comment=refused_text(ae_title)
+            ),
         )
     identifiers = retrieve_identifiers(study_uid, series_uids, instance_uids)
-    try:
+    with released(assoc):
         result = combine(
             list(
                 sent_in_turn(identifiers, lambda ds: _send_get(assoc, ds, on_progress))
             )
         )
-    finally:
-        if assoc.is_established:
-            assoc.release()
     result.studies = receiver.studies()
     if result.completed is None:
         result.completed = sum(s.new + s.replaced for s in result.studies)
-    return _done(result)
+    return log_outcome(logger, LOG_GET_DONE, result)
 
 
 def storage_contexts(sop_classes: Sequence[str]) -> list[Context]:
@@ -245,23 +240,23 @@ def sop_classes_in_study(
     A STUDY-level Study Root C-FIND (PS3.4 C.6.2.1.2); a site that does not
     answer the key, or cannot be queried, gives an empty list.
     """
-    ae = make_ae(calling_ae)
-    ae.acse_timeout = ae.network_timeout = ae.dimse_timeout = timeout
-    ae.add_requested_context(FIND_SOP_CLASS)
     identifier = Dataset()
     identifier.QueryRetrieveLevel = "STUDY"
     identifier.StudyInstanceUID = study_uid
     identifier.SOPClassesInStudy = ""
-    assoc = ae.associate(
-        host,
-        port,
+    assoc = associate(
+        calling_ae=calling_ae,
         ae_title=ae_title,
-        tls_args=(tls, host) if tls is not None else None,
+        host=host,
+        port=port,
+        contexts=[(FIND_SOP_CLASS, None)],
+        timeout=timeout,
+        tls=tls,
     )
     if not assoc.is_established:
         return []
     found: list[str] = []
-    try:
+    with released(assoc):
         for status, rsp in assoc.send_c_find(identifier, FIND_SOP_CLASS):
             if not status or int(status.get("Status", -1)) not in PENDING:
                 break
@@ -270,9 +265,6 @@ def sop_classes_in_study(
                 found.extend(
                     str(v) for v in ([value] if isinstance(value, str) else value)
                 )
-    finally:
-        if assoc.is_established:
-            assoc.release()
     return list(dict.fromkeys(found))
 
 
@@ -343,30 +335,12 @@ def _send_get(
     identifier: Dataset,
     on_progress: Callable[[int, int | None], None] | None,
 ) -> RetrieveOutcome:
-    result = RetrieveOutcome("association_aborted")
-    if not assoc.is_established:
-        result.error_comment = "the association with the site ended"
-        return result
-    for status, rsp in assoc.send_c_get(identifier, GET_SOP_CLASS):
-        if not status or "Status" not in status:
-            result.error_comment = "no final response from the site"
-            break
-        code = int(status.Status)
-        read_counters(result, status)
-        if code in PENDING:
-            if on_progress is not None:
-                remaining = status.get("NumberOfRemainingSuboperations")
-                on_progress(
-                    result.completed or 0,
-                    int(remaining) if remaining is not None else None,
-                )
-            continue
-        result.status = code
-        result.outcome = classify(code)
-        comment = status.get("ErrorComment")
-        result.error_comment = str(comment).strip() if comment else None
-        result.failed_uids = failed_uids(rsp)
-    return result
+    return read_responses(
+        assoc,
+        lambda: assoc.send_c_get(identifier, GET_SOP_CLASS),
+        "the site",
+        on_progress,
+    )
 
 
 def _roles(contexts: list[Context]) -> list[pdu_primitives._UI]:
@@ -382,16 +356,3 @@ def _roles(contexts: list[Context]) -> list[pdu_primitives._UI]:
 def _text(value: object) -> str | None:
     text = str(value).strip() if value is not None else ""
     return text or None
-
-
-def _done(result: RetrieveOutcome) -> RetrieveOutcome:
-    logger.info(
-        LOG_GET_DONE,
-        extra={
-            "outcome": result.outcome,
-            "status": result.status,
-            "completed": result.completed,
-            "failed": result.failed,
-        },
-    )
-    return result

@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from ihe.iua.roles import Role
 from server import audit, tasks
 from server.errors import Conflict, InputError, NotFound
-from server.http.auth import caller, requires
+from server.http.auth import audit_requestor, caller, requires
 from server.http.fhir import audit_read
 from server.models import Registration, utcnow
 from server.runtime import Runtime
@@ -54,10 +54,7 @@ def get_registration(registration_id: str) -> Response:
 @requires(Role.CLINICIAN, Role.RADIOLOGIST)
 def put_selection(registration_id: str) -> Response:
     """Replace the selection: ``{"candidates": [id, ...]}``."""
-    try:
-        body = request.get_json(silent=True)
-    except RecursionError as exc:
-        raise InputError("the body is nested too deeply") from exc
+    body = _json_body()
     ids = body.get("candidates") if isinstance(body, dict) else None
     if not isinstance(ids, list) or not all(
         isinstance(i, int) and not isinstance(i, bool) for i in ids
@@ -68,14 +65,7 @@ def put_selection(registration_id: str) -> Response:
         )
     try:
         with rt().db.session() as session:
-            # Take the registration's row lock before reading it, so that two
-            # selections at once are applied one after the other.
-            session.execute(
-                update(Registration)
-                .where(Registration.id == registration_id)
-                .values(updated_at=utcnow())
-            )
-            registration = _get(session, registration_id)
+            registration = _locked(session, registration_id)
             selection.change_selection(
                 rt().settings, registration, ids, by=f"user:{caller()}"
             )
@@ -84,7 +74,7 @@ def put_selection(registration_id: str) -> Response:
                 rt().settings,
                 registration,
                 action="U",
-                requestor=audit.http_client(caller(), request.remote_addr),
+                requestor=audit_requestor(),
             )
             session.flush()
             body_out = registration_json(registration)
@@ -103,10 +93,7 @@ def post_review(registration_id: str, candidate_id: int) -> Response:
     study may then be selected (and is, if the rule wants it); a rejected one
     never is. The decision is audited with the person who made it.
     """
-    try:
-        body = request.get_json(silent=True)
-    except RecursionError as exc:
-        raise InputError("the body is nested too deeply") from exc
+    body = _json_body()
     decision = body.get("decision") if isinstance(body, dict) else None
     note = body.get("note") if isinstance(body, dict) else None
     if decision not in ("confirm", "reject") or not isinstance(note, str | None):
@@ -115,12 +102,7 @@ def post_review(registration_id: str, candidate_id: int) -> Response:
             [("decision", "confirm or reject"), ("note", "optional text")],
         )
     with rt().db.session() as session:
-        session.execute(
-            update(Registration)
-            .where(Registration.id == registration_id)
-            .values(updated_at=utcnow())
-        )
-        registration = _get(session, registration_id)
+        registration = _locked(session, registration_id)
         candidate = next(
             (c for c in registration.candidates if c.id == candidate_id), None
         )
@@ -135,7 +117,7 @@ def post_review(registration_id: str, candidate_id: int) -> Response:
             rt().settings,
             registration,
             action="U",
-            requestor=audit.http_client(caller(), request.remote_addr),
+            requestor=audit_requestor(),
             event_type=audit.IDENTITY_REVIEW[decision],
         )
         session.flush()
@@ -161,7 +143,7 @@ def post_retry(registration_id: str) -> Response:
             rt().settings,
             _get(session, registration_id),
             action="U",
-            requestor=audit.http_client(caller(), request.remote_addr),
+            requestor=audit_requestor(),
         )
     with rt().db.session() as session:
         body = registration_json(_get(session, registration_id))
@@ -207,6 +189,25 @@ def _int_arg(name: str, default: int) -> int:
             [(name, "a non-negative integer")],
         )
     return int(value)
+
+
+def _json_body() -> Any:
+    """The request's JSON body, or None when it is not JSON."""
+    try:
+        return request.get_json(silent=True)
+    except RecursionError as exc:
+        raise InputError("the body is nested too deeply") from exc
+
+
+def _locked(session: Any, registration_id: str) -> Registration:
+    """The registration, read after taking its row lock, so that two changes
+    at once (two selections, two reviews) are applied one after the other."""
+    session.execute(
+        update(Registration)
+        .where(Registration.id == registration_id)
+        .values(updated_at=utcnow())
+    )
+    return _get(session, registration_id)
 
 
 def _get(session: Any, registration_id: str) -> Registration:

@@ -19,6 +19,7 @@ from typing import Any, TypeVar, cast
 
 from flask import current_app, g, request
 
+from ihe.atna import messages
 from ihe.atna.codes import EventTypeCode
 from ihe.iua.roles import Role
 from ihe.iua.tokens import Principal, TokenError
@@ -140,3 +141,8 @@ def caller() -> str:
     """The authenticated subject, for audit records."""
     principal = g.get("principal")
     return principal.subject if principal is not None else "anonymous"
+
+
+def audit_requestor() -> messages.Participant:
+    """The caller as the requesting participant of an audit message."""
+    return audit.http_client(caller(), request.remote_addr)

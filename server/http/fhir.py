@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, TypeVar, cast
 from urllib.parse import urlencode
 
@@ -39,7 +40,7 @@ from server.errors import (
     SpidersError,
     UnsupportedMediaType,
 )
-from server.http.auth import caller, requires
+from server.http.auth import audit_requestor, caller, requires
 from server.models import Patient, Prefetch, Registration
 from server.runtime import Runtime
 from server.workflow import registrations
@@ -100,7 +101,7 @@ def read_patient(resource_id: str) -> Response:
         patient = session.get(Patient, resource_id)
         if patient is None:
             raise NotFound(f"Patient/{resource_id} is unknown")
-        audit.patient_read(session, rt().settings, patient, requestor=_requestor())
+        audit.patient_read(session, rt().settings, patient, requestor=audit_requestor())
         return _fhir(iti78_mobile_pdq.patient_resource(patient))
 
 
@@ -160,7 +161,7 @@ def create_appointment() -> Response:
                 rt().settings,
                 done.registration,
                 action="C",
-                requestor=_requestor(),
+                requestor=audit_requestor(),
             )
         return done
 
@@ -242,15 +243,11 @@ def read_task(resource_id: str) -> Response:
 
 def audit_read(session: Any, read: Sequence[Registration]) -> None:
     """One Procedure Record (110111, R) per registration a response shows."""
-    requestor = _requestor()
+    requestor = audit_requestor()
     for registration in read:
         audit.registration_event(
             session, rt().settings, registration, action="R", requestor=requestor
         )
-
-
-def _requestor() -> Any:
-    return audit.http_client(caller(), request.remote_addr)
 
 
 def _pdqm(params: list[tuple[str, str]], raw: bytes) -> Response:
@@ -273,31 +270,21 @@ def _audited_query(
 ) -> dict[str, Any]:
     """Run a patient query and record its Query audit (110112), also when the
     query is refused (outcome 4, no patient)."""
-    requestor = _requestor()
+    record = partial(
+        audit.patient_query,
+        transaction=transaction,
+        query_id=request.base_url,
+        query=raw,
+        requestor=audit_requestor(),
+    )
     try:
         with rt().db.session() as session:
             body, patients = answer(session)
-            audit.patient_query(
-                session,
-                rt().settings,
-                transaction=transaction,
-                query_id=request.base_url,
-                query=raw,
-                requestor=requestor,
-                patients=patients,
-            )
+            record(session, rt().settings, patients=patients)
             return body
     except SpidersError:
         with rt().db.session() as session:
-            audit.patient_query(
-                session,
-                rt().settings,
-                transaction=transaction,
-                query_id=request.base_url,
-                query=raw,
-                requestor=requestor,
-                outcome=EventOutcomeIndicator.MINOR_FAILURE,
-            )
+            record(session, rt().settings, outcome=EventOutcomeIndicator.MINOR_FAILURE)
         raise
 
 

@@ -55,7 +55,7 @@ from server.config import Settings, Site
 from server.db import Database
 from server.errors import PeerError
 from server.models import Candidate, Registration, SiteQuery, utcnow
-from server.peers import site_tls
+from server.peers import site_call, site_endpoint
 from server.workflow import pix_source, site_slots
 from server.workflow.vigilance import identity_warning
 
@@ -269,33 +269,17 @@ def _query_one(
 ) -> QueryResult:
     if site.query == "qido-rs":
         return rad129.search_for_studies(
-            _endpoint(site),
+            site_endpoint(site),
             local_id,
             study_uids=hints.study_uids,
             accession_numbers=hints.accession_numbers,
         )
     return rad14.query_studies(
-        calling_ae=settings.ae_title,
-        ae_title=site.ae_title,
-        host=site.host,
-        port=site.port,
+        **site_call(settings, site),
         patient_id=local_id,
-        timeout=site.timeout,
-        tls=site_tls(site),
         query_model=site.query_model,
         study_uids=hints.study_uids,
         accession_numbers=hints.accession_numbers,
-    )
-
-
-def _endpoint(site: Site) -> rad129.Endpoint:
-    return rad129.Endpoint(
-        url=site.dicomweb_url or "",
-        auth_header=site.dicomweb_auth_header,
-        ca=site.tls_ca,
-        cert=site.tls_cert,
-        key=site.tls_key,
-        timeout=site.timeout,
     )
 
 

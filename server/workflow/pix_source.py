@@ -45,8 +45,9 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from enum import StrEnum
+from functools import partial
 from urllib.parse import urlsplit
 
 from sqlalchemy.orm import Session
@@ -266,31 +267,27 @@ def _ask_iti9(
 ) -> CrossReference:
     host, port = settings.pix_mllp_host or "", settings.pix_mllp_port or 0
     query = iti9.build_query(source, wanted, application=settings.ae_title)
-    outcome = EventOutcomeIndicator.SERIOUS_FAILURE
-    try:
+
+    def ask() -> CrossReference:
         peer = iti9.MllpPeer(host, port, settings.pix_timeout, _mllp_tls(settings))
-        answer = iti9.ask(peer, query)
-        outcome = _outcome(answer)
-        return answer
-    except PixQueryError:
-        outcome = EventOutcomeIndicator.MINOR_FAILURE
-        raise
-    finally:
-        audit.pix_consumer_query(
-            session,
-            settings,
-            transaction=EventTypeCode.ITI_9,
-            manager=f"{host}:{port}",
-            manager_host=host,
-            query=query.qpd.encode("utf-8"),
-            query_id=query.tag,
-            source_cx=to_cx(source),
-            patient=patient,
-            outcome=outcome,
-            sender=query.sender,
-            message_id=query.control_id,
-            registration_id=registration_id,
-        )
+        return iti9.ask(peer, query)
+
+    record = partial(
+        audit.pix_consumer_query,
+        session,
+        settings,
+        transaction=EventTypeCode.ITI_9,
+        manager=f"{host}:{port}",
+        manager_host=host,
+        query=query.qpd.encode("utf-8"),
+        query_id=query.tag,
+        source_cx=to_cx(source),
+        patient=patient,
+        sender=query.sender,
+        message_id=query.control_id,
+        registration_id=registration_id,
+    )
+    return _audited(ask, record)
 
 
 def _ask_iti83(
@@ -310,28 +307,37 @@ def _ask_iti83(
         key=settings.pix_tls_key,
         auth_header=settings.pix_auth_header,
     )
+    record = partial(
+        audit.pix_consumer_query,
+        session,
+        settings,
+        transaction=EventTypeCode.ITI_83,
+        manager=f"{base}/{iti83.OPERATION}",
+        manager_host=urlsplit(base).hostname or "",
+        query=iti83.query_string(source, wanted).encode("utf-8"),
+        query_id=f"{base}/{iti83.OPERATION}",
+        source_cx=to_cx(source),
+        patient=patient,
+        registration_id=registration_id,
+    )
+    return _audited(lambda: iti83.ask(peer, source, wanted), record)
+
+
+def _audited(
+    ask: Callable[[], CrossReference], record: Callable[..., None]
+) -> CrossReference:
+    """`ask()`, its Query audited by ``record(outcome=...)`` whatever happens:
+    0 when answered, 4 when not known or refused, 8 otherwise."""
     outcome = EventOutcomeIndicator.SERIOUS_FAILURE
     try:
-        answer = iti83.ask(peer, source, wanted)
+        answer = ask()
         outcome = _outcome(answer)
         return answer
     except PixQueryError:
         outcome = EventOutcomeIndicator.MINOR_FAILURE
         raise
     finally:
-        audit.pix_consumer_query(
-            session,
-            settings,
-            transaction=EventTypeCode.ITI_83,
-            manager=f"{base}/{iti83.OPERATION}",
-            manager_host=urlsplit(base).hostname or "",
-            query=iti83.query_string(source, wanted).encode("utf-8"),
-            query_id=f"{base}/{iti83.OPERATION}",
-            source_cx=to_cx(source),
-            patient=patient,
-            outcome=outcome,
-            registration_id=registration_id,
-        )
+        record(outcome=outcome)
 
 
 def _outcome(answer: CrossReference) -> EventOutcomeIndicator:

@@ -72,7 +72,7 @@ from server.models import (
     PrefetchState,
     utcnow,
 )
-from server.peers import site_tls
+from server.peers import site_call, site_endpoint
 from server.workflow import site_slots, transports
 from server.workflow.site_slots import worker_id
 
@@ -488,17 +488,9 @@ def _site_series(
         return None
     try:
         if site.query == "qido-rs":
-            found = search_for_series(transports.endpoint(site), study_uid)
+            found = search_for_series(site_endpoint(site), study_uid)
         else:
-            found = query_series(
-                calling_ae=settings.ae_title,
-                ae_title=site.ae_title,
-                host=site.host,
-                port=site.port,
-                study_uid=study_uid,
-                timeout=site.timeout,
-                tls=site_tls(site),
-            )
+            found = query_series(**site_call(settings, site), study_uid=study_uid)
     except AssociationFailed:
         raise
     except (SpidersError, OSError, ValueError) as exc:
@@ -527,22 +519,13 @@ def _site_instances(
         listed: dict[str, list[str]] = {}
         for uid in series_uids:
             try:
-                listed[uid] = search_for_instances(
-                    transports.endpoint(site), study_uid, uid
-                )
+                listed[uid] = search_for_instances(site_endpoint(site), study_uid, uid)
             except (SpidersError, OSError, ValueError) as exc:
                 _no_instances(site, exc)
         return listed
     try:
         return query_instances(
-            calling_ae=settings.ae_title,
-            ae_title=site.ae_title,
-            host=site.host,
-            port=site.port,
-            study_uid=study_uid,
-            series_uids=series_uids,
-            timeout=site.timeout,
-            tls=site_tls(site),
+            **site_call(settings, site), study_uid=study_uid, series_uids=series_uids
         )
     except AssociationFailed:
         raise

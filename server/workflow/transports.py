@@ -36,12 +36,11 @@ from urllib.parse import urlsplit
 
 from ihe.dicom.archive import Archive
 from ihe.dicomweb.rad107_wado_rs_retrieve import retrieve_study
-from ihe.dicomweb.rad129_qido_rs_query import Endpoint
 from ihe.qr.rad16_retrieve_images import MoveOutcome, RetrieveOutcome, move_study
 from ihe.qr.rad16_retrieve_images_cget import get_study
 from server import audit
 from server.config import Settings, Site
-from server.peers import site_tls
+from server.peers import site_call, site_endpoint
 
 logger = logging.getLogger(__name__)
 
@@ -80,16 +79,11 @@ def retrieve(
     """
     if site.retrieve == "c-get":
         outcome = get_study(
-            calling_ae=settings.ae_title,
-            ae_title=site.ae_title,
-            host=site.host,
-            port=site.port,
+            **site_call(settings, site),
             study_uid=study_uid,
             archive=archive,
             series_uids=series_uids,
             instance_uids=instance_uids,
-            timeout=site.timeout,
-            tls=site_tls(site),
         )
         _audit_received(settings, archive, site, site.host, outcome)
     elif site.retrieve == "wado-rs":
@@ -98,7 +92,7 @@ def retrieve(
                 "unable_to_process", error_comment="the site has no dicomweb url"
             )
         outcome = retrieve_study(
-            endpoint(site),
+            site_endpoint(site),
             study_uid,
             archive,
             series_uids=series_uids,
@@ -110,30 +104,13 @@ def retrieve(
         _audit_received(settings, archive, site, host, outcome)
     else:
         outcome = move_study(
-            calling_ae=settings.ae_title,
-            ae_title=site.ae_title,
-            host=site.host,
-            port=site.port,
+            **site_call(settings, site),
             study_uid=study_uid,
             destination=settings.ae_title,
-            timeout=site.timeout,
-            tls=site_tls(site),
             series_uids=series_uids,
             instance_uids=instance_uids,
         )
     return outcome
-
-
-def endpoint(site: Site) -> Endpoint:
-    """The site's DICOMweb service, with its credentials and TLS files."""
-    return Endpoint(
-        url=site.dicomweb_url or "",
-        auth_header=site.dicomweb_auth_header,
-        ca=site.tls_ca,
-        cert=site.tls_cert,
-        key=site.tls_key,
-        timeout=site.timeout,
-    )
 
 
 def _audit_received(

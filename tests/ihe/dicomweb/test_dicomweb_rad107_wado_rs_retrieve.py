@@ -21,7 +21,6 @@ from pydicom.uid import CTImageStorage, MRImageStorage, RLELossless
 from ihe.dicom.archive import Archive
 from ihe.dicomweb.rad107_wado_rs_retrieve import ACCEPT, retrieve_study
 from ihe.dicomweb.rad129_qido_rs_query import Endpoint
-from tests.ihe.dicom.dicom_support import open_archive
 from tests.peers import LOCALHOST, OrthancPeer, basic_auth, free_port
 from tests.retrieve_support import RetrieveStudy, cached_syntaxes, make_study
 
@@ -39,13 +38,6 @@ def site(study: RetrieveStudy) -> Iterator[OrthancPeer]:
     with OrthancPeer("HOPITAL_W", dicomweb=True, http_user=USER) as orthanc:
         assert orthanc.upload(study.files) == 7
         yield orthanc
-
-
-@pytest.fixture
-def archive(tmp_path: Path) -> Iterator[Archive]:
-    archive, db = open_archive(tmp_path)
-    yield archive
-    db.dispose()
 
 
 def endpoint(url: str, auth: str | None = basic_auth(*USER)) -> Endpoint:

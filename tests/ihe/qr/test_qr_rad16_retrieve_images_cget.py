@@ -9,7 +9,6 @@ Instance UIDs in the transfer syntaxes Orthanc holds them in.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,7 +32,6 @@ from ihe.qr.rad16_retrieve_images_cget import (
     sop_classes_in_study,
     storage_contexts,
 )
-from tests.ihe.dicom.dicom_support import open_archive
 from tests.peers import LOCALHOST, OrthancPeer, free_port
 from tests.retrieve_support import RetrieveStudy, cached_syntaxes, make_study
 
@@ -52,13 +50,6 @@ def site(study: RetrieveStudy) -> Iterator[OrthancPeer]:
     with OrthancPeer(SITE_AE) as orthanc:
         assert orthanc.upload(study.files) == 7
         yield orthanc
-
-
-@pytest.fixture
-def archive(tmp_path: Path) -> Iterator[Archive]:
-    archive, db = open_archive(tmp_path)
-    yield archive
-    db.dispose()
 
 
 def get(site: OrthancPeer, archive: Archive, study_uid: str, **kwargs: Any) -> Any:

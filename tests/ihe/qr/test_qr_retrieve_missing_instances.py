@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from pydicom.dataset import Dataset
@@ -28,7 +27,7 @@ from ihe.qr.rad16_retrieve_images import (
 )
 from ihe.qr.rad16_retrieve_images_cget import get_study
 from server.errors import AssociationFailed
-from tests.ihe.dicom.dicom_support import cache_server, open_archive
+from tests.ihe.dicom.dicom_support import cache_server
 from tests.peers import LOCALHOST, OrthancPeer, free_port
 from tests.retrieve_support import RetrieveStudy, cached_syntaxes, make_study
 
@@ -144,13 +143,6 @@ def site(study: RetrieveStudy) -> Iterator[OrthancPeer]:
     with OrthancPeer(SITE_AE) as orthanc:
         assert orthanc.upload(study.files) == 7
         yield orthanc
-
-
-@pytest.fixture
-def archive(tmp_path: Path) -> Iterator[Archive]:
-    archive, db = open_archive(tmp_path)
-    yield archive
-    db.dispose()
 
 
 def _wanted(study: RetrieveStudy) -> tuple[str, dict[str, list[str]]]:
