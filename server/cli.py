@@ -10,23 +10,27 @@ Configuration comes from ``SPIDERS_*`` variables (:mod:`server.config`).
 from __future__ import annotations
 
 import sys
+import time
 import warnings
-from typing import NoReturn
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, NoReturn
 
 import click
-from celery.platforms import SecurityWarning
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-from rich.table import Table
 
-from ihe.dicom.ae import is_safe_uid
 from ihe.iua.roles import Role
-from server import logging_setup, runtime
+from server import logging_setup
 from server.config import load_settings
 from server.errors import ConfigurationError
-from server.runtime import Runtime
+
+if TYPE_CHECKING:
+    from server.runtime import Runtime
 
 console = Console(stderr=True)
+# The progress bar of ``spiders retrieve`` is drawn at most this often, so
+# that drawing it costs nothing next to the retrieve itself.
+REDRAW_SECONDS = 0.2
 
 
 def _runtime(quiet: bool = False) -> Runtime:
@@ -36,15 +40,19 @@ def _runtime(quiet: bool = False) -> Runtime:
         settings = load_settings()
     except ConfigurationError as exc:
         _fail(str(exc))
+    from server import runtime
+
     level = "WARNING" if quiet and settings.log_level == "INFO" else settings.log_level
     logging_setup.configure(level, settings.log_format)
-    rt = Runtime(settings)
+    rt = runtime.Runtime(settings)
     runtime.install(rt)
     return rt
 
 
 def is_uid(value: str) -> bool:
     """True for a syntactically valid DICOM UID (PS3.5 9.1)."""
+    from ihe.dicom.ae import is_safe_uid
+
     return is_safe_uid(value) and len(value) <= 64
 
 
@@ -87,6 +95,8 @@ def serve(no_worker: bool) -> None:
 )
 def worker(concurrency: int | None) -> None:
     """Run a task worker on the configured broker."""
+    from celery.platforms import SecurityWarning
+
     from server import tasks
 
     rt = _runtime()
@@ -116,13 +126,14 @@ def worker(concurrency: int | None) -> None:
 @click.option("--site", "site_name", required=True, help="Site name in the sites file.")
 @click.option("--study", "study_uid", required=True, help="Study Instance UID.")
 def retrieve(site_name: str, study_uid: str) -> None:
-    """Retrieve one study from a site into the cache (C-MOVE).
+    """Retrieve one study from a site into the cache, as a prefetch would.
 
-    The cache's DICOM listener must be running (spiders serve): it receives
-    the instances.
+    By the site's transport; for C-MOVE the cache's DICOM listener must be
+    running (spiders serve): it receives the instances. A study of several
+    series is asked for on several associations at once, within the site's
+    free slots (SPIDERS_RETRIEVE_PARALLEL).
     """
-    from ihe.qr.rad16_retrieve_images import move_study
-    from server.peers import site_call
+    from server.workflow.prefetch import retrieve_now
 
     rt = _runtime(quiet=True)
     if not is_uid(study_uid):
@@ -132,35 +143,47 @@ def retrieve(site_name: str, study_uid: str) -> None:
     except ConfigurationError as exc:
         _fail(str(exc))
     before = rt.archive.count_instances(study_uid)
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        console=console,
-    ) as progress:
-        bar = progress.add_task(f"{site.name}", total=None)
-
-        def on_progress(done: int, remaining: int | None) -> None:
-            total = done + remaining if remaining is not None else None
-            progress.update(bar, completed=done, total=total)
-
-        outcome = move_study(
-            **site_call(rt.settings, site),
-            study_uid=study_uid,
-            destination=rt.settings.ae_title,
-            on_progress=on_progress,
-        )
-        progress.update(
-            bar,
-            completed=outcome.completed or 0,
-            total=(outcome.completed or 0) + (outcome.failed or 0) or None,
-        )
+    with _progress_bar(site.name) as show:
+        outcome = retrieve_now(rt.settings, rt.db, rt.archive, site, study_uid, show)
+        done = outcome.completed or 0
+        show(done, (outcome.failed or 0) if done or outcome.failed else None)
     held = rt.archive.count_instances(study_uid)
     console.print(
         f"{outcome.outcome}: {outcome.reason}; cache holds {held} instance(s) "
         f"of the study ({held - before} new)"
     )
     sys.exit(0 if outcome.outcome == "success" else 1)
+
+
+@contextmanager
+def _progress_bar(name: str) -> Iterator[Callable[[int, int | None], None]]:
+    """A bar for (completed, remaining) reports, drawn at most every
+    :data:`REDRAW_SECONDS` and once more, with the last report, at the end."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, console=console, auto_refresh=False) as progress:
+        bar = progress.add_task(name, total=None)
+        latest: list[tuple[int, int | None]] = []
+        drawn = 0.0
+
+        def draw() -> None:
+            done, remaining = latest[-1]
+            total = done + remaining if remaining is not None else None
+            progress.update(bar, completed=done, total=total)
+            progress.refresh()
+
+        def show(done: int, remaining: int | None) -> None:
+            nonlocal drawn
+            latest[:] = [(done, remaining)]
+            now = time.monotonic()
+            if now - drawn >= REDRAW_SECONDS:
+                drawn = now
+                draw()
+
+        yield show
+        if latest:
+            draw()
 
 
 @main.command()
@@ -201,6 +224,7 @@ def token(roles: tuple[str, ...], subject: str, hours: float) -> None:
 @main.command()
 def status() -> None:
     """Print every registration and the state of its prefetches."""
+    from rich.table import Table
     from sqlalchemy import select
 
     from server.models import Candidate, Registration
@@ -291,6 +315,8 @@ def sites_list(as_json: bool) -> None:
     """The sites as the database holds them (what every worker sees)."""
     import json
 
+    from rich.table import Table
+
     from server import site_directory
 
     rt = _runtime(quiet=True)
@@ -355,6 +381,8 @@ def sites_check(as_json: bool) -> None:
     Exits 0 when every site is reachable, 1 otherwise.
     """
     import json
+
+    from rich.table import Table
 
     from server.sites_check import TRANSFER_SYNTAXES, check_sites
 

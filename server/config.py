@@ -205,6 +205,7 @@ class Settings:
     notify_url: str | None = None
     worker_concurrency: int = 4
     store_processes: int = 1
+    retrieve_parallel: int = 2
     queue: str = "spiders"
     jwt_keys: str | None = None
     jwt_issuer: str | None = None
@@ -290,6 +291,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         **_prefetch_settings(env),
         worker_concurrency=_int(get("WORKER_CONCURRENCY", "4"), "WORKER_CONCURRENCY"),
         store_processes=_store_processes(get("STORE_PROCESSES", "")),
+        retrieve_parallel=_retrieve_parallel(get("RETRIEVE_PARALLEL", "2")),
         queue=get("QUEUE", "spiders"),
         **_security(env),
         log_format=get("LOG_FORMAT", "text"),
@@ -753,6 +755,14 @@ def _store_processes(value: str) -> int:
     count = _int(value, "SPIDERS_STORE_PROCESSES")
     if count < 1:
         raise ConfigurationError("SPIDERS_STORE_PROCESSES must be at least 1")
+    return count
+
+
+def _retrieve_parallel(value: str) -> int:
+    """C-MOVEs run at once for one study (see ``server.workflow.transports``)."""
+    count = _int(value, "SPIDERS_RETRIEVE_PARALLEL")
+    if count < 1:
+        raise ConfigurationError("SPIDERS_RETRIEVE_PARALLEL must be at least 1")
     return count
 
 

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import threading
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 from ihe.dicom.archive import Archive
-from ihe.iua import dev_keys
-from ihe.iua.tokens import KeySet, TokenVerifier
 from server import site_directory
 from server.config import Settings, load_settings
 from server.db import Database
+
+if TYPE_CHECKING:
+    from ihe.iua.tokens import TokenVerifier
 
 
 class Runtime:
@@ -43,6 +45,10 @@ class Runtime:
     def token_verifier(self) -> TokenVerifier:
         """The bearer-token verifier: the identity provider's keys, or the
         development key of the data directory when none is configured."""
+        # Imported here: the command-line tools that need no token start faster.
+        from ihe.iua import dev_keys
+        from ihe.iua.tokens import KeySet, TokenVerifier
+
         settings = self.settings
         if settings.jwt_keys:
             return TokenVerifier(

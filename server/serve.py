@@ -17,7 +17,8 @@ Limitations
 The worker child and the listener children are not restarted if they die;
 ``spiders serve`` then exits with an error so that the service manager
 restarts the whole tree. One association is received by one process: a
-single study sent on one association uses one core. Two servers started on
+study sent on one association (one series, or no second site slot free for
+the retrieve) uses one core. Two servers started on
 the same port within the same instant could both bind it; the check that
 the port is free happens just before binding.
 """

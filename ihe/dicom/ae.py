@@ -116,6 +116,7 @@ def set_nodelay(sock: socket.socket) -> None:
 
 
 _nodelay_enabled = False
+_nodelay_lock = threading.Lock()
 # Attribute of an association server holding a callable(peer, reason) told of
 # each failed TLS handshake.
 TLS_FAILURE_CALLBACK = "spiders_on_tls_failure"
@@ -124,8 +125,15 @@ TLS_FAILURE_CALLBACK = "spiders_on_tls_failure"
 def enable_tcp_nodelay() -> None:
     """Set TCP_NODELAY on every association socket pynetdicom creates."""
     global _nodelay_enabled
-    if _nodelay_enabled:
-        return
+    with _nodelay_lock:
+        if _nodelay_enabled:
+            return
+        _wrap_sockets()
+        _nodelay_enabled = True
+
+
+def _wrap_sockets() -> None:
+    """Wrap pynetdicom's socket creation on both sides (once per process)."""
     create = AssociationSocket._create_socket
 
     def get_request(
@@ -156,7 +164,6 @@ def enable_tcp_nodelay() -> None:
 
     AssociationServer.get_request = get_request  # type: ignore[method-assign]
     AssociationSocket._create_socket = create_socket  # type: ignore[method-assign]
-    _nodelay_enabled = True
 
 
 class SharedPortServer(ThreadedAssociationServer):

@@ -28,6 +28,17 @@ renews its lease on the prefetch; if the worker dies the lease expires and
 the dispatcher hands the prefetch to another worker
 (:func:`requeue_abandoned`), which asks only for what is still missing.
 
+A study of several series retrieved by C-MOVE is shared out over several
+associations at once (:func:`~server.workflow.transports.retrieve_split`):
+as many as it has series to ask for, at most ``SPIDERS_RETRIEVE_PARALLEL``,
+and only as many as the site has slots free at that moment besides the one
+held (:func:`~server.workflow.site_slots.spare`); with none free, one
+association asks for everything, as it would for a single series. The
+further slots are released when the retrieve ends. The completeness proof
+and the retries do not change: the cache's count decides. ``spiders
+retrieve`` runs the same retrieve (:func:`retrieve_now`) outside any
+prefetch, taking only the slots free at that moment.
+
 Failures that may pass (aborted association, a site unable to process, some
 sub-operations failed) are retried with exponential backoff from
 ``SPIDERS_RETRY_BASE_SECONDS`` (20 s, then 40 s), up to :data:`MAX_ATTEMPTS`;
@@ -356,6 +367,37 @@ def cancel_for(session: Session, registration_id: str) -> int:
     return int(getattr(result, "rowcount", 0))
 
 
+def retrieve_now(
+    settings: Settings,
+    db: Database,
+    archive: Archive,
+    site: Site,
+    study_uid: str,
+    on_progress: transports.Progress | None = None,
+) -> MoveOutcome:
+    """Retrieve the whole of `study_uid` from `site` outside any prefetch.
+
+    What ``spiders retrieve`` runs: the site's series are asked for and the
+    study shared out over the site's free slots as a prefetch's is, but no
+    slot is waited for; with none free, one association asks for the study.
+    A site that cannot list the series gets one STUDY-level retrieve.
+    """
+    try:
+        counts = _site_series(settings, site, study_uid)
+    except AssociationFailed:
+        counts = None
+    return _retrieve(
+        settings,
+        archive,
+        site,
+        study_uid,
+        db=db,
+        counts=counts,
+        held=0,
+        on_progress=on_progress,
+    )
+
+
 def _already_cached(
     db: Database, study_uid: str, expected: int | None, known: Mapping[str, int]
 ) -> bool:
@@ -386,7 +428,15 @@ def _fetch(
         if not missing:
             return MoveOutcome("success", error_comment="already in the cache")
         if not any(held.get(uid, 0) for uid in counts):
-            return _retrieve(settings, archive, site, study_uid)
+            return _retrieve(
+                settings,
+                archive,
+                site,
+                study_uid,
+                db=db,
+                counts=counts,
+                prefetch_id=prefetch_id,
+            )
         whole, instances = _missing(settings, db, site, study_uid, missing, counts)
     except AssociationFailed as exc:
         # The site does not answer queries: a retrieve would fail alike.
@@ -402,7 +452,15 @@ def _fetch(
         },
     )
     return _retrieve(
-        settings, archive, site, study_uid, whole or None, instances or None
+        settings,
+        archive,
+        site,
+        study_uid,
+        whole or None,
+        instances or None,
+        db=db,
+        counts=counts,
+        prefetch_id=prefetch_id,
     )
 
 
@@ -466,11 +524,45 @@ def _retrieve(
     study_uid: str,
     series_uids: list[str] | None = None,
     instance_uids: Mapping[str, list[str]] | None = None,
+    *,
+    db: Database | None = None,
+    counts: Mapping[str, int] | None = None,
+    held: int = 1,
+    prefetch_id: str | None = None,
+    on_progress: transports.Progress | None = None,
 ) -> MoveOutcome:
-    """Ask `site` for the study, or only for the series and instances named."""
-    return transports.retrieve(
-        settings, archive, site, study_uid, series_uids, instance_uids
-    )
+    """Ask `site` for the study, or only for the series and instances named.
+
+    Given the site's series of the study and their `counts`, on as many
+    associations as the setting and the site's slots allow: `held` slots
+    the caller holds already, and those of `db` free now. Without, or with
+    no slot at all, on one association.
+    """
+    if db is None or not counts:
+        return transports.retrieve(
+            settings, archive, site, study_uid, series_uids, instance_uids, on_progress
+        )
+    items = len(series_uids or ()) + len(instance_uids or {}) or len(counts)
+    wanted = transports.parallel_for(settings, site, items)
+    with site_slots.spare(
+        db,
+        site.name,
+        site.max_associations,
+        wanted - held,
+        seconds=settings.worker_lease_seconds,
+        prefetch_id=prefetch_id,
+    ) as extra:
+        return transports.retrieve_split(
+            settings,
+            archive,
+            site,
+            study_uid,
+            max(1, held + len(extra)),
+            counts,
+            series_uids,
+            instance_uids,
+            on_progress,
+        )
 
 
 def _site_series(

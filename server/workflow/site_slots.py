@@ -9,6 +9,10 @@ talks to the site (:func:`kept_alive`) and releases it when done. A worker that
 dies stops renewing: its slot is free again once the lease expires
 (``SPIDERS_WORKER_LEASE_SECONDS``).
 
+A retrieve that can use more than one association (a study of several
+series, :mod:`server.workflow.transports`) takes further slots with
+:func:`spare`: only slots free at that moment, never waiting for one.
+
 Every lease is also written to ``site_slot_use`` (who, for which prefetch,
 from when to when), so an operator can see how a site was used.
 
@@ -33,6 +37,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 
 from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -121,6 +126,43 @@ def release(db: Database, lease: Lease, now: datetime | None = None) -> bool:
             .values(ended_at=now)
         )
         return bool(getattr(result, "rowcount", 0))
+
+
+@contextmanager
+def spare(
+    db: Database,
+    site_name: str,
+    capacity: int,
+    wanted: int,
+    *,
+    seconds: float,
+    prefetch_id: str | None = None,
+) -> Iterator[list[Lease]]:
+    """Take up to `wanted` free slots of `site_name` for the block, never waiting.
+
+    The leases taken (maybe none) are yielded, renewed every third of
+    `seconds` while the block runs, and released after it, whatever happens.
+    """
+    leases: list[Lease] = []
+    try:
+        while len(leases) < wanted:
+            lease = acquire(
+                db, site_name, capacity, seconds=seconds, prefetch_id=prefetch_id
+            )
+            if lease is None:
+                break
+            leases.append(lease)
+        if not leases:
+            yield leases
+            return
+        renewals: list[Callable[[], bool]] = [
+            partial(renew, db, lease, seconds) for lease in leases
+        ]
+        with kept_alive(renewals, interval=seconds / 3):
+            yield leases
+    finally:
+        for lease in leases:
+            release(db, lease)
 
 
 @contextmanager

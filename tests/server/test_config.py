@@ -159,6 +159,13 @@ def test_load_settings_bad_port_refused() -> None:
         load_settings({"SPIDERS_DICOM_PORT": "eleven"})
 
 
+def test_load_settings_retrieve_parallel_default_two_and_at_least_one() -> None:
+    assert load_settings({}).retrieve_parallel == 2
+    assert load_settings({"SPIDERS_RETRIEVE_PARALLEL": "4"}).retrieve_parallel == 4
+    with pytest.raises(ConfigurationError, match="SPIDERS_RETRIEVE_PARALLEL"):
+        load_settings({"SPIDERS_RETRIEVE_PARALLEL": "0"})
+
+
 def test_directory_unknown_site_refused() -> None:
     with pytest.raises(ConfigurationError, match="no site named 'x'"):
         load_settings({}).directory.site("x")

@@ -226,6 +226,7 @@ class FakeTransport:
         study_uid: str,
         series_uids: list[str] | None = None,
         instance_uids: dict[str, list[str]] | None = None,
+        **sharing: object,
     ) -> MoveOutcome:
         self.asked.append(series_uids)
         self.asked_instances.append(
