@@ -222,60 +222,83 @@ def token(roles: tuple[str, ...], subject: str, hours: float) -> None:
 
 
 @main.command()
-def status() -> None:
-    """Print every registration and the state of its prefetches."""
+@click.option("--json", "as_json", is_flag=True, help="Print JSON, as the API does.")
+def status(as_json: bool) -> None:
+    """Print every registration and the state of its studies.
+
+    One block per case: its meeting and state, then each study selected for
+    retrieve or waiting for an identity review, with the instances received
+    and the retrieve's state and reason.
+    """
+    import json
+
     from rich.table import Table
     from sqlalchemy import select
 
-    from server.models import Candidate, Registration
-    from server.workflow.status import registration_state
+    from server.models import Registration
+    from server.workflow.deadlines import deadline
+    from server.workflow.status import registration_json, registration_state
+    from server.workflow.vigilance import needs_review
 
     rt = _runtime(quiet=True)
-    table = Table(title="Registrations", expand=False)
-    table.add_column("case", no_wrap=True)
-    table.add_column("meeting (UTC)", no_wrap=True)
-    table.add_column("state", no_wrap=True)
-    table.add_column("site", no_wrap=True)
-    table.add_column("study (end of UID)", no_wrap=True)
-    table.add_column("instances", justify="right", no_wrap=True)
-    table.add_column("prefetch", overflow="fold")
-    late: list[tuple[str, str]] = []
+    out = Console()
     with rt.db.session() as session:
         registrations = session.scalars(
             select(Registration).order_by(Registration.created_at)
         ).all()
+        if as_json:
+            body = [
+                registration_json(reg, deadline(rt.settings, reg))
+                for reg in registrations
+            ]
+            click.echo(json.dumps(body, indent=2))
+            return
+        if not registrations:
+            click.echo(f"no registrations in {rt.settings.data_dir}")
+            return
         for reg in registrations:
-            state = registration_state(reg)
-            if reg.late_reason:
-                state += " (late)"
-                late.append((reg.id[:8], reg.late_reason))
             meeting = (
-                reg.meeting_start.strftime("%Y-%m-%d %H:%M")
+                reg.meeting_start.strftime("%Y-%m-%d %H:%M UTC")
                 if reg.meeting_start
-                else ""
+                else "no meeting time"
             )
-            rows: list[Candidate | None] = [
-                c for c in reg.candidates if c.prefetch
-            ] or [None]
+            state = registration_state(reg) + (" (late)" if reg.late_reason else "")
+            found = len(reg.candidates)
+            sites = len({c.site_name for c in reg.candidates})
+            selected = sum(1 for c in reg.candidates if c.prefetch)
+            pending = [c for c in reg.candidates if needs_review(c)]
+            out.print(
+                f"[bold]case {reg.id[:8]}[/bold]  meeting {meeting}  {state}",
+                highlight=False,
+            )
+            summary = (
+                f"  {found} stud{'y' if found == 1 else 'ies'} found at {sites} "
+                f"site(s), {selected} selected"
+            )
+            if pending:
+                summary += f", {len(pending)} awaiting identity review"
+            click.echo(summary)
+            if reg.late_reason:
+                click.echo(f"  late: {reg.late_reason}")
+            rows = [c for c in reg.candidates if c.prefetch or needs_review(c)]
+            if not rows:
+                click.echo()
+                continue
+            table = Table(box=None, padding=(0, 1), pad_edge=False)
+            table.add_column("  site", no_wrap=True)
+            table.add_column("study", no_wrap=True)
+            table.add_column("images", justify="right", no_wrap=True)
+            table.add_column("state", overflow="fold")
             for cand in rows:
-                p = cand.prefetch if cand else None
-                table.add_row(
-                    reg.id[:8],
-                    meeting,
-                    state,
-                    cand.site_name if cand else "",
-                    cand.study_uid[-12:] if cand else "",
-                    f"{p.received_instances}/{p.expected_instances or '?'}"
-                    if p
-                    else "",
-                    (p.state + (f": {p.reason}" if p.reason else "")) if p else "",
-                )
-    if not registrations:
-        click.echo(f"no registrations in {rt.settings.data_dir}")
-        return
-    Console().print(table)
-    for case, reason in late:
-        click.echo(f"late {case}: {reason}")
+                p = cand.prefetch
+                if p is None:
+                    images, what = "", f"identity review: {cand.warning}"
+                else:
+                    images = f"{p.received_instances}/{p.expected_instances or '?'}"
+                    what = p.state + (f": {p.reason}" if p.reason else "")
+                table.add_row(f"  {cand.site_name}", cand.study_uid[-12:], images, what)
+            out.print(table, highlight=False)
+            click.echo()
 
 
 @main.command()

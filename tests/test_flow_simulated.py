@@ -381,7 +381,9 @@ def test_status_command_shows_each_case_ready(flow: Flow) -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
-    lines = [line for line in proc.stdout.splitlines() if " ready " in line]
-    assert len(lines) == 3  # two studies of one case, one of the other
+    lines = proc.stdout.splitlines()
+    studies = [x for x in lines if x.startswith("  ") and x.rstrip().endswith(" ready")]
+    assert len(studies) == 3  # two studies of one case, one of the other
     for reg_id in flow.cases.values():
-        assert reg_id[:8] in proc.stdout
+        header = next(x for x in lines if x.startswith(f"case {reg_id[:8]}"))
+        assert header.endswith("  ready")

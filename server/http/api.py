@@ -94,13 +94,19 @@ def post_review(registration_id: str, candidate_id: int) -> Response:
     never is. The decision is audited with the person who made it.
     """
     body = _json_body()
-    decision = body.get("decision") if isinstance(body, dict) else None
-    note = body.get("note") if isinstance(body, dict) else None
-    if decision not in ("confirm", "reject") or not isinstance(note, str | None):
+    if not isinstance(body, dict):
         raise InputError(
-            'expected {"decision": "confirm" | "reject", "note": "..."}',
-            [("decision", "confirm or reject"), ("note", "optional text")],
+            'expected a JSON object {"decision": "confirm" | "reject", "note": "..."}',
+            [("body", "a JSON object")],
         )
+    decision, note = body.get("decision"), body.get("note")
+    faults: list[tuple[str | None, str]] = []
+    if decision not in ("confirm", "reject"):
+        faults.append(("decision", 'decision must be "confirm" or "reject"'))
+    if not isinstance(note, str | None):
+        faults.append(("note", "note must be text, or left out"))
+    if faults:
+        raise InputError("invalid review: " + "; ".join(m for _, m in faults), faults)
     with rt().db.session() as session:
         registration = _locked(session, registration_id)
         candidate = next(

@@ -10,13 +10,20 @@ missing, why), each prefetch not ready is marked late, and a
 ``registration.late`` event is recorded for the feed and the webhook
 (:mod:`server.workflow.events`).
 
+A case registered after its deadline (or after its meeting) cannot be ready
+in time: it is checked at the dispatcher's next pass, while its studies are
+still being found and fetched, and flagged late at once with a reason that
+says it was registered after the deadline. Its studies are retrieved at once
+all the same.
+
 Limitations
 -----------
 The check happens once: a study selected after the deadline, or a case that
 becomes ready afterwards, does not change the flag (the state then shows
-``ready`` next to it). Cases whose meeting started more than
-:data:`LOOKBACK` ago when first checked (registered after the fact, or
-before this check existed) are marked checked without being flagged.
+``ready`` next to it). Cases registered before their deadline whose meeting
+started more than :data:`LOOKBACK` ago when first checked (made before this
+check existed, or while no dispatcher ran) are marked checked without being
+flagged.
 """
 
 from __future__ import annotations
@@ -77,14 +84,22 @@ def missing_studies(registration: Registration) -> list[Prefetch]:
     ]
 
 
+def registered_late(registration: Registration, when: datetime) -> bool:
+    """True for a case registered at or after its deadline `when`."""
+    created = registration.created_at
+    return created is not None and created >= when
+
+
 def late_reason(
     registration: Registration, state: str, when: datetime, margin_hours: float
 ) -> str:
     """One paragraph for the coordinator: what is missing at the deadline, why."""
+    at = when.isoformat(timespec="minutes")
     head = (
-        f"not ready at the deadline {when.isoformat(timespec='minutes')} "
-        f"(meeting minus {margin_hours:g} h), state {state}"
-    )
+        f"registered after its deadline {at} "
+        if registered_late(registration, when)
+        else f"not ready at the deadline {at} "
+    ) + f"(meeting minus {margin_hours:g} h), state {state}"
     parts = [head]
     if registration.discovery != "done":
         parts.append(f"discovery {registration.discovery}")
@@ -120,7 +135,11 @@ def _check(
         when = deadline(settings, registration) if registration else None
         if registration is None or when is None:
             return False
-        if registration.meeting_start and registration.meeting_start < now - LOOKBACK:
+        long_past = (
+            registration.meeting_start is not None
+            and registration.meeting_start < now - LOOKBACK
+        )
+        if long_past and not registered_late(registration, when):
             return False
         state = registration_state(registration)
         if state in NOT_LATE:

@@ -18,7 +18,7 @@ from datetime import date, datetime, timedelta
 from server.config import Settings
 from server.errors import Conflict, InvalidResource
 from server.models import Candidate, Prefetch, PrefetchState, Registration, utcnow
-from server.workflow.vigilance import selectable
+from server.workflow.vigilance import Review, selectable
 
 logger = logging.getLogger(__name__)
 
@@ -112,15 +112,31 @@ def change_selection(
             [("selection", f"unknown candidate id {i}") for i in shown],
         )
     blocked = [
-        c.id
+        c
         for c in registration.candidates
         if c.id in wanted and not c.selected and not selectable(c)
     ]
     if blocked:
+        rejected = [c.id for c in blocked if c.review == Review.REJECTED]
+        pending = [c.id for c in blocked if c.review != Review.REJECTED]
+        parts = []
+        if pending:
+            parts.append(
+                f"candidates {pending[:MAX_REPORTED]} carry an identity warning "
+                "not yet reviewed: confirm them first"
+            )
+        if rejected:
+            parts.append(
+                f"candidates {rejected[:MAX_REPORTED]} were rejected as another "
+                "patient's studies and cannot be selected"
+            )
         raise InvalidResource(
-            f"candidates {blocked[:MAX_REPORTED]} carry an identity warning that "
-            "was not confirmed (or was rejected): review them first",
-            [("selection", f"candidate {i} needs an identity review") for i in blocked],
+            "; ".join(parts),
+            [("selection", f"candidate {i} needs an identity review") for i in pending]
+            + [
+                ("selection", f"candidate {i} was rejected at identity review")
+                for i in rejected
+            ],
         )
     for candidate in registration.candidates:
         if candidate.id in wanted or not candidate.selected:

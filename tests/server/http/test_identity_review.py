@@ -81,7 +81,10 @@ def test_flagged_study_not_selected_until_confirmed(
         content_type="application/json",
     )
     assert rsp.status_code == 422
-    assert "needs an identity review" in json.dumps(rsp.get_json())
+    issues = rsp.get_json()["issue"]
+    assert [(i["expression"], i["diagnostics"]) for i in issues] == [
+        (["selection"], "candidate 2 needs an identity review")
+    ]
     rsp = review(client, 2, {"decision": "confirm", "note": "same IPP, typo at site"})
     assert rsp.status_code == 200
     body = rsp.get_json()
@@ -106,6 +109,10 @@ def test_rejected_study_never_selected_and_decision_final(
         content_type="application/json",
     )
     assert rsp.status_code == 422
+    issues = rsp.get_json()["issue"]
+    assert [(i["expression"], i["diagnostics"]) for i in issues] == [
+        (["selection"], "candidate 3 was rejected at identity review")
+    ]
     again = review(client, 3, {"decision": "confirm"})
     assert again.status_code == 409
     assert "already rejected" in again.get_json()["issue"][0]["diagnostics"]
@@ -134,6 +141,13 @@ def test_review_errors_are_operation_outcomes(client: FlaskClient, rt: Runtime) 
         rsp = review(client, 2, bad)
         assert rsp.status_code == 400
         assert rsp.get_json()["resourceType"] == "OperationOutcome"
+    faulty = {
+        "decision": {"decision": "maybe", "note": "fine"},
+        "note": {"decision": "confirm", "note": 3},
+    }
+    for field, bad in faulty.items():
+        issues = review(client, 2, bad).get_json()["issue"]
+        assert [i["expression"] for i in issues] == [[field]]
 
 
 def test_review_needs_clinician_or_radiologist(
@@ -148,3 +162,28 @@ def test_review_needs_clinician_or_radiologist(
         anonymous, 2, {"decision": "confirm"}, headers=auth_headers(rt, "radiologist")
     )
     assert rsp.status_code == 200
+
+
+def test_cli_status_shows_the_study_awaiting_review(rt: Runtime) -> None:
+    from click.testing import CliRunner
+
+    from server.cli import main
+
+    seed(rt)
+    env = {"SPIDERS_DATA_DIR": str(rt.settings.data_dir), "COLUMNS": "80"}
+    result = CliRunner().invoke(main, ["status"], env=env)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert "  3 studies found at 1 site(s), 1 selected, 2 awaiting identity review" in (
+        lines
+    )
+    flagged = [x for x in lines if "identity review:" in x]
+    assert [x.split()[1] for x in flagged] == ["1.2.2", "1.2.3"]
+    words = " ".join(result.output.split())
+    for uid in ("1.2.2", "1.2.3"):
+        assert f"a {uid} identity review: {FLAG}" in words
+    assert all(len(x) <= 80 for x in lines)
+    listed = CliRunner().invoke(main, ["status", "--json"], env=env)
+    (case,) = json.loads(listed.output)
+    reviews = [c["identityReview"]["state"] for c in case["candidates"][1:]]
+    assert (case["id"], reviews) == ("r1", ["pending", "pending"])

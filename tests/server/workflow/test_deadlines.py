@@ -29,7 +29,12 @@ STUDY_OK = "2.25.7001"
 STUDY_PARTIAL = "2.25.123456789012345"
 
 
-def seed(rt: Runtime, status: str = "booked", partial: bool = True) -> None:
+def seed(
+    rt: Runtime,
+    status: str = "booked",
+    partial: bool = True,
+    created: datetime = MEETING - timedelta(days=7),
+) -> None:
     with rt.db.session() as session:
         patient = Patient(id="p1", family_name="X")
         patient.identifiers.append(PatientIdentifier(system="2.999.1.1", value="A1"))
@@ -40,6 +45,7 @@ def seed(rt: Runtime, status: str = "booked", partial: bool = True) -> None:
             board=Board(location_reference="Location/rcp-thorax"),
             meeting_start=MEETING,
             discovery="done",
+            created_at=created,
         )
         reg.site_queries = [
             SiteQuery(site_name="chu-nord", status="ok", studies_found=1),
@@ -173,6 +179,30 @@ def test_check_due_meeting_long_past_marked_checked_without_event(
         assert session.query(Event).count() == 0
 
 
+@pytest.mark.parametrize("after", [timedelta(minutes=30), timedelta(days=3)])
+def test_case_registered_after_its_deadline_is_late_at_once(
+    rt: Runtime, after: timedelta
+) -> None:
+    created = DEADLINE + after
+    seed(rt, created=created)
+    with rt.db.session() as session:
+        reg = session.get(Registration, "r1")
+        assert reg is not None
+        reg.discovery = "running"
+    now = created + timedelta(seconds=5)
+    assert deadlines.check_due(rt.settings, rt.db, now=now) == ["r1"]
+    with rt.db.session() as session:
+        reg = session.get(Registration, "r1")
+        assert reg is not None and reg.late_reason is not None
+        assert reg.late_reason.startswith(
+            "registered after its deadline 2025-03-04T13:00+00:00 (meeting minus "
+            "1 h), state discovering; discovery running; 1 of 2 selected studies not "
+            "ready; site clinique-sud study ...456789012345: partial"
+        )
+        (event,) = session.query(Event).all()
+        assert event.payload["reason"] == reg.late_reason
+
+
 def test_api_shows_late_reason_deadline_and_event_feed(
     rt: Runtime, client: FlaskClient
 ) -> None:
@@ -215,5 +245,5 @@ def test_cli_status_prints_the_late_reason(rt: Runtime) -> None:
         env={"SPIDERS_DATA_DIR": str(rt.settings.data_dir), "COLUMNS": "200"},
     )
     assert result.exit_code == 0, result.output
-    assert f"late r1: {REASON}" in result.output
+    assert f"  late: {REASON}" in result.output.splitlines()
     assert "partial (late)" in result.output
