@@ -161,7 +161,9 @@ def echo(calling_ae: str, site: Site) -> tuple[int, list[str]]:
     )
     if not assoc.is_established:
         why = "rejected" if assoc.is_rejected else "refused, unreachable or timed out"
-        raise PeerError(f"no association with {site.ae_title}: {why}")
+        raise PeerError(
+            f"no association with {site.ae_title} at {site.host}:{site.port}: {why}"
+        )
     try:
         accepted = _accepted(
             [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from server.config import Settings, load_settings
 from server.runtime import Runtime
 
 DATA = Path(__file__).parent / "data"
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 def load_json(relative: str) -> dict[str, object]:
@@ -26,6 +28,26 @@ def load_json(relative: str) -> dict[str, object]:
 def settings(tmp_path: Path) -> Settings:
     """Settings of the embedded default in a fresh data directory, no sites."""
     return load_settings({"SPIDERS_DATA_DIR": str(tmp_path / "var")})
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A new, empty PostgreSQL database on 127.0.0.1, dropped after the test."""
+    from sqlalchemy import create_engine, text
+
+    from tests.peers import require_service
+
+    require_service("PostgreSQL", 5432)
+    name = f"spiders_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 @pytest.fixture

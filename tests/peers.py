@@ -88,6 +88,18 @@ def require(binary: str, package: str) -> str:
     _missing(f"{binary} not installed (Debian package {package})")
 
 
+def require_service(name: str, port: int) -> None:
+    """Skip (fail under CI) the test unless something listens on 127.0.0.1:`port`.
+
+    For the services the machine runs itself (PostgreSQL, Redis, RabbitMQ).
+    """
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        if sock.connect_ex(("127.0.0.1", port)) == 0:
+            return
+    _missing(f"{name} is not running on 127.0.0.1:{port}")
+
+
 def peer_env() -> dict[str, str]:
     """Return the environment for a peer process: ours plus ``TCP_NODELAY=1``."""
     return {**os.environ, "TCP_NODELAY": "1"}

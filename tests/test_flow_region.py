@@ -297,7 +297,7 @@ def test_region_site_not_knowing_the_cache_failed_at_once_with_a801(
     assert d["reason"] == (
         "0 instance(s) received; the site announced no count; the site does "
         "not know this cache's AE title: SITE_D does not know move destination "
-        "SPIDERS (A801) (0xA801)"
+        "SPIDERS (0xA801)"
     )
     assert cached_uids(region.engine, region.studies["site-d"].study_uid) == set()
 

@@ -8,10 +8,7 @@ is missing and fails under ``CI=true``.
 
 from __future__ import annotations
 
-import os
-import socket
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -24,35 +21,7 @@ from server.demo import run as demo
 from server.demo import scenario
 from server.demo.site import SimulatedSite
 from server.demo.studies import generate_study
-from tests.peers import free_port
-
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-
-
-def require_service(name: str, port: int) -> None:
-    with socket.socket() as sock:
-        sock.settimeout(1)
-        if sock.connect_ex(("127.0.0.1", port)) == 0:
-            return
-    reason = f"{name} is not running on 127.0.0.1:{port}"
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason)
-    pytest.skip(reason)
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    require_service("PostgreSQL", 5432)
-    name = f"spiders_test_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        admin.dispose()
+from tests.peers import free_port, require_service
 
 
 def broker(kind: str) -> str:

@@ -36,7 +36,6 @@ from server.demo import scenario
 from server.demo.studies import GeneratedStudy, SeriesSpec, generate_study
 from tests.peers import OrthancPeer, free_port
 from tests.test_flow_scaled import broker
-from tests.test_flow_scaled import pg_url as pg_url  # the fixture, re-exported
 
 pytestmark = pytest.mark.peer
 

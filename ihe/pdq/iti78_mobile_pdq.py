@@ -12,8 +12,9 @@ Parameters
 ``family``, ``given``
     FHIR string search: case- and accent-insensitive, a value matches names
     that start with it (``levêq`` and ``LEVEQ`` find ``Lévêque``). With
-    ``:exact`` the whole name must match, still ignoring case and accents.
-    ``family`` matches the used name or the birth name.
+    ``:exact`` the whole name must match as stored, case and accents
+    included (``Lévêque``, not ``LEVEQUE``); ``given:exact`` one of the given
+    names. ``family`` matches the used name or the birth name.
 ``birthdate``
     A full date, with no prefix or ``eq``.
 ``gender``
@@ -29,7 +30,8 @@ Parameters
     Logical ids, comma-separated alternatives.
 ``active``
     ``true`` changes nothing; ``false`` finds nothing: merged patients are
-    not returned (3.78 Case 6), their identifiers find the survivor.
+    not returned (3.78 Case 6), their identifiers find the survivor. It is
+    not a criterion by itself: ``active=true`` alone would list the index.
 ``_count``
     Page size, 20 by default, at most 100. Pages follow the index's stable
     order; the ``next`` link carries the last id returned (``_cursor``), so
@@ -44,8 +46,7 @@ handling=strict``, which answers 400. Repeating a parameter other than
 Limitations
 -----------
 No ``telecom``, ``address`` or ``mothersMaidenName`` search (the index does
-not keep them searchable): they are unknown parameters. ``:exact`` ignores
-case and accents, as the index keeps names folded. Partial dates and date
+not keep them searchable): they are unknown parameters. Partial dates and date
 prefixes other than ``eq`` are refused. A query must have at least one
 criterion: the whole index is never listed. JSON only: ``_format`` asking
 for XML answers 406.
@@ -374,8 +375,9 @@ def _queries(
     if not exact:
         return _names(query, prefix), None
     if not prefix:
-        return _names(replace(query, exact=True), exact), None
-    return _names(query, prefix), _names(PatientQuery(exact=True), exact)
+        return _names(replace(query, exact=True, verbatim=True), exact), None
+    verbatim = PatientQuery(exact=True, verbatim=True)
+    return _names(query, prefix), _names(verbatim, exact)
 
 
 def _names(query: PatientQuery, names: dict[str, str]) -> PatientQuery:

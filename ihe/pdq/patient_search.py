@@ -10,6 +10,9 @@ Names match case- and accent-insensitively on their folded form
 one name, and so are ``DUPONT-MARTIN`` and ``DUPONT MARTIN``. A family name
 matches the used name or the birth name. With ``exact`` false (PDQm's string
 search, and a trailing ``*`` in PDQ), a value matches names that start with it.
+With ``verbatim`` (PDQm's ``:exact``), the whole name must be as stored, case
+and accents included: ``Lévêque`` finds ``Lévêque`` but not ``LEVEQUE``; a
+given name must be one of the patient's given names as stored.
 
 Merged (inactive) patients are never returned: their identifiers resolve to
 the survivor, which is returned instead.
@@ -25,9 +28,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date
+from typing import Any
 
-from sqlalchemy import ColumnElement, Select, or_, select
+from sqlalchemy import ColumnElement, Integer, Select, func, or_, select
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import InstrumentedAttribute, Session
+from sqlalchemy.sql.functions import FunctionElement
 
 from mappings.names import fold
 from server.models import Patient, PatientIdentifier
@@ -49,6 +55,9 @@ class PatientQuery:
     domains : tuple of str
         Not a search parameter but a filter: only patients holding an
         identifier in at least one of these domains (PDQ QPD-8).
+    verbatim : bool
+        Names must also match as stored, case and accents included (with
+        `exact`, FHIR's ``:exact`` modifier).
     """
 
     family: str | None = None
@@ -57,6 +66,7 @@ class PatientQuery:
     sex: str | None = None
     identifiers: tuple[tuple[str, str | None], ...] = ()
     exact: bool = True
+    verbatim: bool = False
     patient_ids: tuple[str, ...] = field(default=())
     birth_place: str | None = None
     domains: tuple[str, ...] = ()
@@ -110,6 +120,16 @@ def statement(query: PatientQuery) -> Select[Patient]:
                 ),
             )
         )
+    if query.verbatim and query.family:
+        stmt = stmt.where(
+            or_(
+                Patient.family_name == query.family,
+                Patient.birth_family_name == query.family,
+            )
+        )
+    if query.verbatim and query.given:
+        words = " " + func.coalesce(Patient.given_names, "") + " "
+        stmt = stmt.where(Contains(words, f" {query.given} ") > 0)
     if query.birth_date:
         stmt = stmt.where(Patient.birth_date == query.birth_date)
     if query.sex:
@@ -149,6 +169,28 @@ def _name(
     if exact:
         return column == folded
     return column.like(_escape(folded) + "%", escape="\\")
+
+
+class Contains(FunctionElement[int]):
+    """Case-sensitive position of a text in another, 0 when absent.
+
+    ``LIKE`` ignores case on SQLite, so the verbatim given-name match uses
+    the engine's own substring search: ``instr`` on SQLite, ``strpos`` on
+    PostgreSQL.
+    """
+
+    type = Integer()
+    inherit_cache = True
+
+
+@compiles(Contains)
+def _contains(element: Contains, compiler: Any, **kw: Any) -> str:
+    return f"instr({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(Contains, "postgresql")
+def _contains_postgresql(element: Contains, compiler: Any, **kw: Any) -> str:
+    return f"strpos({compiler.process(element.clauses, **kw)})"
 
 
 def _escape(text: str) -> str:

@@ -50,7 +50,13 @@ from ihe.pdq.patient_search import fold_name
 from mappings.fhir_patient import PatientRecord
 from mappings.identifiers import Identifier
 from server.errors import IdentityError, UnknownReference
-from server.models import Patient, PatientHistory, PatientIdentifier, Registration
+from server.models import (
+    Patient,
+    PatientHistory,
+    PatientIdentifier,
+    Registration,
+    new_id,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -236,7 +242,8 @@ def feed(
     _check_unlinkable(record, linking, patient)
     created = patient is None
     if patient is None:
-        patient = Patient(id=patient_id) if patient_id else Patient()
+        # The id is set now, so that what is logged before the flush names it.
+        patient = Patient(id=patient_id or new_id())
         session.add(patient)
         patient.history.append(PatientHistory(kind="created"))
     elif patient_id is not None and patient.id != patient_id:

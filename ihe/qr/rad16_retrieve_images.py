@@ -324,7 +324,7 @@ def _send_move(
     )
     if result.outcome == "move_destination_unknown":
         result.error_comment = (
-            f"{ae_title} does not know move destination {destination} (A801)"
+            f"{ae_title} does not know move destination {destination}"
         )
     return result
 

@@ -22,6 +22,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -310,13 +311,18 @@ def run_demo(
     write_sites_file(
         sites_file, network, settings.ae_title, dicom_port, free_port(11113)
     )
-    env = server_env(settings, root / "spiders", sites_file, http_port, dicom_port)
+    mllp_port = free_port(settings.mllp_port)
+    env = server_env(
+        settings, root / "spiders", sites_file, http_port, dicom_port, mllp_port
+    )
     server = Server(env, http_port, root / "spiders.log")
+    previous = _stop_on_sigterm()
     try:
         server.wait_ready()
         console.print(
             f"SPIDERS serving HTTP on {server.base}, DICOM "
-            f"{settings.ae_title}@127.0.0.1:{dicom_port}"
+            f"{settings.ae_title}@127.0.0.1:{dicom_port}, MLLP 127.0.0.1:{mllp_port}",
+            soft_wrap=True,
         )
         meeting = (datetime.now(UTC) + timedelta(hours=3)).replace(microsecond=0)
         cases = register_cases(server, meeting)
@@ -325,16 +331,32 @@ def run_demo(
         ok = _summary(console, final, homonym_cached)
         console.print(
             f"the cases later: SPIDERS_DATA_DIR={root / 'spiders'} "
-            f"{Path(sys.executable).parent / 'spiders'} status"
+            f"{Path(sys.executable).parent / 'spiders'} status",
+            soft_wrap=True,
         )
         if keep_running:
             _wait_for_interrupt(console, server, settings.ae_title, dicom_port)
     finally:
         status = server.stop()
         network.stop()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     if status != 0:
         console.print(f"[red]spiders serve exited with status {status}[/red]")
     return 0 if ok and status == 0 else 1
+
+
+def _stop_on_sigterm() -> Any:
+    """Make SIGTERM stop the demo as Ctrl-C does, so that the server and the
+    sites it started are stopped too; returns the handler it replaces (None
+    outside the main thread, where signals cannot be handled)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, interrupt)
 
 
 def _counts(reg: dict[str, Any]) -> tuple[int, int]:
@@ -402,7 +424,8 @@ def _wait_for_interrupt(
     console.print(
         f"Server left running. Try: findscu -S -aet {CONSOLE_AE} -aec {ae_title} "
         f"127.0.0.1 {port} -k QueryRetrieveLevel=STUDY -k StudyInstanceUID "
-        "-k NumberOfStudyRelatedInstances\nPress Ctrl-C to stop."
+        "-k NumberOfStudyRelatedInstances\nPress Ctrl-C to stop.",
+        soft_wrap=True,
     )
     try:
         while server.proc.poll() is None:

@@ -107,6 +107,7 @@ def post_review(registration_id: str, candidate_id: int) -> Response:
         faults.append(("note", "note must be text, or left out"))
     if faults:
         raise InputError("invalid review: " + "; ".join(m for _, m in faults), faults)
+    decision = str(decision)
     with rt().db.session() as session:
         registration = _locked(session, registration_id)
         candidate = next(

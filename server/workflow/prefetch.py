@@ -694,7 +694,11 @@ def _reason(
 
 
 def _log_done(prefetch: Prefetch, outcome: MoveOutcome) -> None:
-    logger.info(
+    # A retrieve that gave up needs an operator: WARNING. One to be retried,
+    # or that succeeded, is the normal life of a prefetch: INFO.
+    failed = prefetch.state in (PrefetchState.FAILED, PrefetchState.PARTIAL)
+    logger.log(
+        logging.WARNING if failed else logging.INFO,
         LOG_PREFETCH_DONE,
         extra={
             "prefetch": prefetch.id,

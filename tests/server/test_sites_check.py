@@ -93,6 +93,9 @@ def test_sites_check_json_exact_values(sites_env: dict[str, str]) -> None:
 
     assert result.exit_code == 1, result.output
     checks = json.loads(result.stdout)
+    dead_port = yaml.safe_load(Path(sites_env["SPIDERS_SITES_FILE"]).read_text())[
+        "sites"
+    ][2]["port"]
     latencies = [c.pop("latency_ms") for c in checks]
     web_latency = checks[1]["dicomweb"].pop("latency_ms")
     url = checks[1]["dicomweb"].pop("url")
@@ -119,7 +122,8 @@ def test_sites_check_json_exact_values(sites_env: dict[str, str]) -> None:
             "tls": False,
             "transfer_syntaxes": [],
             "dicomweb": None,
-            "error": "no association with SITE_DEAD: refused, unreachable or timed out",
+            "error": f"no association with SITE_DEAD at 127.0.0.1:{dead_port}: "
+            "refused, unreachable or timed out",
         },
     ]
     assert url.endswith("/dicom-web")
@@ -141,7 +145,9 @@ def test_sites_check_table_rows(sites_env: dict[str, str]) -> None:
     assert rows["site-a"][0] == "yes" and rows["site-a"][2:4] == ["no", ""]
     assert rows["site-b"][0:1] + rows["site-b"][2:4] == ["yes", "no", "HTTP 200"]
     assert rows["site-dead"][0:4] == ["no", "", "no", ""]
-    assert "refused, unreachable or timed out" in rows["site-dead"][5]
+    assert rows["site-dead"][5].startswith(
+        "no association with SITE_DEAD at 127.0.0.1:"
+    )
     assert rows["site-a"][4].startswith("Implicit VR LE, Explicit VR LE, Deflated")
     assert "JPEG 2000" not in rows["site-a"][4]
 

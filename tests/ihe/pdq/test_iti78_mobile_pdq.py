@@ -74,11 +74,42 @@ def test_iti78_family_accent_and_case_insensitive_prefix(client: FlaskClient) ->
         assert (body["total"], ids(body)) == (1, [pid])
 
 
-def test_iti78_family_exact_needs_whole_name(client: FlaskClient) -> None:
+def test_iti78_family_exact_needs_whole_name_case_and_accents(
+    client: FlaskClient,
+) -> None:
     pid = feed(client, "Lévêque", ("2.999.1.1", "A1"))
-    assert bundle(client.get("/fhir/Patient?family:exact=LEVEQ"))["total"] == 0
+    for value in ("LEVEQ", "LEVEQUE", "Leveque", "lévêque"):
+        body = bundle(client.get(f"/fhir/Patient?family:exact={value}"))
+        assert body["total"] == 0, value
     body = bundle(client.get("/fhir/Patient?family:exact=Lévêque"))
     assert ids(body) == [pid]
+
+
+def test_iti78_given_exact_is_one_given_name_as_stored(client: FlaskClient) -> None:
+    pid = feed(client, "MARTIN", ("2.999.1.1", "A1"), given="Anne Hélène")
+    for value, found in (
+        ("Hélène", [pid]),
+        ("Anne", [pid]),
+        ("Anne Hélène", [pid]),
+        ("HELENE", []),
+        ("Helene", []),
+        ("Hél", []),
+    ):
+        body = bundle(client.get("/fhir/Patient", query_string={"given:exact": value}))
+        assert ids(body) == found, value
+    mixed = {"family": "mart", "given:exact": "Hélène"}
+    assert ids(bundle(client.get("/fhir/Patient", query_string=mixed))) == [pid]
+    mixed["given:exact"] = "HÉLÈNE"
+    assert ids(bundle(client.get("/fhir/Patient", query_string=mixed))) == []
+
+
+def test_iti78_active_alone_is_not_a_criterion(client: FlaskClient) -> None:
+    feed(client, "MARTIN", ("2.999.1.1", "A1"))
+    rsp = client.get("/fhir/Patient?active=true")
+    assert rsp.status_code == 400
+    assert rsp.get_json()["issue"][0]["diagnostics"] == (
+        "give family, given, birthdate, gender, identifier or _id"
+    )
 
 
 def test_iti78_identifier_system_only_filters_domain_and_identifiers(

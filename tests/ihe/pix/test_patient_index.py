@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import date
 
 import pytest
@@ -79,6 +80,15 @@ def test_feed_untrusted_ins_links_nothing(rt: Runtime, status: str | None) -> No
             assert patient is not None
             assert patient.ins_value == NIR
             assert INS_NIR not in {i.system for i in patient.identifiers}
+
+
+def test_held_ins_of_a_new_patient_is_logged_with_its_id(
+    rt: Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="ihe.pix.patient_index")
+    created = feed(rt, record(Identifier(SITE_A, "A1"), ins(), status="PROV"))
+    held = [r for r in caplog.records if r.getMessage() == patient_index.LOG_INS_HELD]
+    assert [getattr(r, "patient", None) for r in held] == [created]
 
 
 @pytest.mark.parametrize("attribute", ["FICT", "DOUT"])

@@ -181,10 +181,11 @@ def test_move_study_m1_a801_destination_unknown_names_ae_and_status(
     assert result.outcome == "move_destination_unknown"
     assert result.status == 0xA801
     assert result.error_comment is not None
-    assert "INTEROP_GW" in result.error_comment
-    assert "A801" in result.error_comment
-    assert "INTEROP_GW" in result.reason
-    assert "A801" in result.reason
+    assert result.error_comment == "PACS_NORD does not know move destination INTEROP_GW"
+    assert result.reason == (
+        "the site does not know this cache's AE title: PACS_NORD does not know "
+        "move destination INTEROP_GW (0xA801)"
+    )
     assert cache.archive.count_instances(c14["request"]["StudyInstanceUID"]) == 0
 
 
