@@ -19,10 +19,16 @@ Several processes, one port: :func:`start_shared_port_server` binds with
 ``SO_REUSEPORT``, so that several listener processes accept associations on
 the same port and the kernel spreads the associations between them.
 
+Protocol traces: pynetdicom's own event handlers that trace every PDU and
+DIMSE message are not bound (``LOG_HANDLER_LEVEL`` ``"none"``), and its logger
+stays at WARNING, so query identifiers (patient data) never reach the logs.
+
 Limitations
 -----------
 No TLS yet: associations are plain TCP. The TCP_NODELAY wrap changes
-pynetdicom's socket classes for the whole process, not one AE.
+pynetdicom's socket classes for the whole process, not one AE. Setting the
+``pynetdicom`` logger to DEBUG shows no PDU or DIMSE traces: they are turned
+off for every AE of the process, not one.
 """
 
 from __future__ import annotations
@@ -74,9 +80,15 @@ def relax_uid_length() -> None:
 
 
 def quiet_identifiers() -> None:
-    """Keep pynetdicom from logging query identifiers (patient data)."""
+    """Keep pynetdicom from logging query identifiers (patient data).
+
+    Its protocol traces (one handler call per PDU and per DIMSE message, which
+    formats lines below WARNING) are not bound either: at WARNING they would
+    print nothing, and they cost every received instance some CPU.
+    """
     _config.LOG_REQUEST_IDENTIFIERS = False
     _config.LOG_RESPONSE_IDENTIFIERS = False
+    _config.LOG_HANDLER_LEVEL = "none"
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 
 

@@ -27,7 +27,7 @@ import hashlib
 import logging
 import os
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,20 @@ logger = logging.getLogger(__name__)
 
 LOG_STORED = "instance stored"
 MAX_UID = 64
+
+
+@dataclass(frozen=True)
+class _Row:
+    """What the index row of an instance is made from."""
+
+    ds: Dataset
+    sop_uid: str
+    study_uid: str
+    series_uid: str
+    path: Path
+    size: int
+    transfer_syntax: str
+    source_ae: str | None
 
 
 @dataclass(frozen=True)
@@ -94,14 +108,20 @@ class Archive:
             The AE title that sent it.
         """
         sop_uid, study_uid, series_uid, warnings = self._admit(ds)
-        path = self.path_for(study_uid, series_uid, sop_uid)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # A name no other writer uses, even for the same instance at once.
-        tmp = self.incoming_file()
-        tmp.write_bytes(encoded)
-        os.replace(tmp, path)
-        replaced = self._index_again_on_race(
-            ds, path, len(encoded), transfer_syntax, source_ae
+
+        def place(path: Path) -> None:
+            # A name no other writer uses, even for the same instance at once.
+            tmp = self.incoming_file()
+            tmp.write_bytes(encoded)
+            os.replace(tmp, path)
+
+        path, replaced = self._place_and_index(
+            ds,
+            (study_uid, series_uid, sop_uid),
+            place,
+            len(encoded),
+            transfer_syntax,
+            source_ae,
         )
         logger.debug(LOG_STORED, extra={"replaced": replaced})
         return StoredInstance(sop_uid, study_uid, path, replaced, warnings)
@@ -134,11 +154,19 @@ class Archive:
             study or patient.
         """
         sop_uid, study_uid, series_uid, warnings = self._admit(ds)
-        path = self.path_for(study_uid, series_uid, sop_uid)
-        path.parent.mkdir(parents=True, exist_ok=True)
+
+        def place(path: Path) -> None:
+            os.replace(part10, path)
+
         size = part10.stat().st_size
-        os.replace(part10, path)
-        replaced = self._index_again_on_race(ds, path, size, transfer_syntax, source_ae)
+        path, replaced = self._place_and_index(
+            ds,
+            (study_uid, series_uid, sop_uid),
+            place,
+            size,
+            transfer_syntax,
+            source_ae,
+        )
         logger.debug(LOG_STORED, extra={"replaced": replaced})
         return StoredInstance(sop_uid, study_uid, path, replaced, warnings)
 
@@ -158,7 +186,6 @@ class Archive:
         ):
             if not is_safe_uid(value):
                 raise StoreRefused(f"{name} is not a UID (digits and dots)")
-        self._check_not_elsewhere(sop_uid, study_uid, _text(ds, "PatientID"))
         warnings = tuple(
             f"{name} {value} is {len(value)} characters long (DICOM allows {MAX_UID})"
             for name, value in (
@@ -170,70 +197,58 @@ class Archive:
         )
         return sop_uid, study_uid, series_uid, warnings
 
-    def _index_again_on_race(
+    def _place_and_index(
         self,
         ds: Dataset,
-        path: Path,
+        uids: tuple[str, str, str],
+        place: Callable[[Path], None],
         size: int,
         transfer_syntax: str,
         source_ae: str | None,
-    ) -> bool:
-        args = (
-            ds,
-            str(ds.SOPInstanceUID),
-            str(ds.StudyInstanceUID),
-            str(ds.SeriesInstanceUID),
-            path,
-            size,
-            transfer_syntax,
-            source_ae,
+    ) -> tuple[Path, bool]:
+        """Refuse, or put the file at its path and index it: its path, and
+        whether it replaced an instance already held."""
+        study_uid, series_uid, sop_uid = uids
+        path = self.path_for(study_uid, series_uid, sop_uid)
+        row = _Row(
+            ds, sop_uid, study_uid, series_uid, path, size, transfer_syntax, source_ae
         )
         try:
-            return self._index(*args)
+            return path, self._index(row, place)
         except IntegrityError:
             # The same instance was indexed by another association at once:
-            # the second pass updates that row.
-            return self._index(*args)
+            # the second pass updates that row; the file is in place already.
+            return path, self._index(row, None)
 
-    def _check_not_elsewhere(
-        self, sop_uid: str, study_uid: str, patient_id: str | None
-    ) -> None:
-        with self.sessions() as session:
-            row = session.scalar(
-                select(CachedInstance).where(CachedInstance.sop_instance_uid == sop_uid)
-            )
-        if row is not None and (row.study_uid, row.patient_id) != (
-            study_uid,
-            patient_id,
-        ):
-            raise StoreRefused(
-                "this SOP Instance UID is already held for another study or patient"
-            )
-
-    def _index(
-        self,
-        ds: Dataset,
-        sop_uid: str,
-        study_uid: str,
-        series_uid: str,
-        path: Path,
-        size: int,
-        transfer_syntax: str,
-        source_ae: str | None,
-    ) -> bool:
+    def _index(self, new: _Row, place: Callable[[Path], None] | None) -> bool:
+        """Index `new` in one transaction; with `place`, first refuse an
+        instance held for another study or patient, then place the file."""
         with self.sessions() as session, session.begin():
             row = session.scalar(
-                select(CachedInstance).where(CachedInstance.sop_instance_uid == sop_uid)
+                select(CachedInstance).where(
+                    CachedInstance.sop_instance_uid == new.sop_uid
+                )
             )
             replaced = row is not None
+            if place is not None:
+                if row is not None and (row.study_uid, row.patient_id) != (
+                    new.study_uid,
+                    _text(new.ds, "PatientID"),
+                ):
+                    raise StoreRefused(
+                        "this SOP Instance UID is already held for another study "
+                        "or patient"
+                    )
+                new.path.parent.mkdir(parents=True, exist_ok=True)
+                place(new.path)
             if row is None:
-                row = CachedInstance(sop_instance_uid=sop_uid)
+                row = CachedInstance(sop_instance_uid=new.sop_uid)
                 session.add(row)
-            _fill(row, ds, study_uid, series_uid)
-            row.transfer_syntax = transfer_syntax
-            row.path = str(path.relative_to(self.root))
-            row.size = size
-            row.source_ae = source_ae
+            _fill(row, new.ds, new.study_uid, new.series_uid)
+            row.transfer_syntax = new.transfer_syntax
+            row.path = str(new.path.relative_to(self.root))
+            row.size = new.size
+            row.source_ae = new.source_ae
         return replaced
 
     def path_for(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:

@@ -120,6 +120,7 @@ def test_store_same_sop_uid_for_another_study_refused(archive: Archive) -> None:
     [row] = archive.instances(sop_instance_uid="2.999.1.3.1")
     assert row.study_uid == STUDY
     assert row.source_ae == "MODALITY"
+    assert not (archive.root / "2.999.9.9").exists()
 
 
 def test_store_safe_uids_file_at_study_series_sop(archive: Archive) -> None:
