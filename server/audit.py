@@ -109,9 +109,18 @@ def http_client(user: str | None, address: str | None) -> messages.Participant:
 
 
 def patient_cx(patient: Patient) -> str:
-    """The patient's first identifier as an HL7 CX, for audit objects."""
-    ident = patient.identifiers[0]
-    return to_cx(Identifier(ident.system, ident.value, ident.type_code))
+    """The patient's first identifier as an HL7 CX, for audit objects.
+
+    A patient known only by an INS that links nothing (status PROV or RECUP,
+    or one just downgraded) is named by that INS; one with no identifier at
+    all by its resource id.
+    """
+    if patient.identifiers:
+        ident = patient.identifiers[0]
+        return to_cx(Identifier(ident.system, ident.value, ident.type_code))
+    if patient.ins_system and patient.ins_value:
+        return to_cx(Identifier(patient.ins_system, patient.ins_value, "INS"))
+    return f"Patient/{patient.id}"
 
 
 def patient_name(patient: Patient) -> str | None:
@@ -194,7 +203,7 @@ def patient_read(
     """
     xml = messages.patient_record(
         action="R",
-        patient_id=_patient_object_id(patient),
+        patient_id=patient_cx(patient),
         patient_name=patient_name(patient),
         source=us(settings),
         destination=requestor,
@@ -226,7 +235,7 @@ def patient_query(
         source=requestor,
         destination=us(settings),
         audit_source=audit_source(settings),
-        patients=[(_patient_object_id(p), patient_name(p)) for p in patients],
+        patients=[(patient_cx(p), patient_name(p)) for p in patients],
         outcome=outcome,
     )
     only = patients[0].id if len(patients) == 1 else None
@@ -275,7 +284,7 @@ def hl7_query(
         destination=destination,
         audit_source=audit_source(settings),
         message_id=message_id or None,
-        patients=[(patient_cx(p), patient_name(p)) for p in patients if p.identifiers],
+        patients=[(patient_cx(p), patient_name(p)) for p in patients],
         outcome=outcome,
     )
     # One patient answered: the record is found by that patient (ITI-81).
@@ -645,11 +654,6 @@ def _audit_tls_context(settings: Settings) -> ssl.SSLContext:
         return client_context(ca, cert, key)
     except OSError as exc:
         raise ConfigurationError(f"audit TLS files unusable: {exc}") from exc
-
-
-def _patient_object_id(patient: Patient) -> str:
-    """The patient's CX, or its resource reference when it has no identifier."""
-    return patient_cx(patient) if patient.identifiers else f"Patient/{patient.id}"
 
 
 def _registration_patient(session: Session, registration_id: str | None) -> str | None:

@@ -228,7 +228,12 @@ def feed(
     """
     _check_one_per_domain(record)
     linking = linking_identifiers(record)
-    owners = {p.id: p for i in linking if (p := find_patient(session, i))}
+    # A feed carrying only an INS that no longer links (status downgraded)
+    # is about the patient it was linked on while trusted: that patient is
+    # updated and the link undone. With any other identifier, an untrusted
+    # INS never finds a patient.
+    lookup = linking or list(record.identifiers)
+    owners = {p.id: p for i in lookup if (p := find_patient(session, i))}
     if patient_id is not None:
         existing = session.get(Patient, patient_id)
         if existing is not None:
