@@ -89,6 +89,15 @@ def parse_appointment(data: Any) -> RegistrationRequest:
             "the body is not an Appointment resource",
             [("Appointment", "resourceType must be Appointment")],
         )
+    # FHIR JSON writes an instant as a string; the model would read a number
+    # as seconds since 1970 and store a resource that no reader accepts.
+    not_text = [
+        (f"Appointment.{name}", "an instant is a JSON string")
+        for name in ("start", "end")
+        if name in data and not isinstance(data[name], str)
+    ]
+    if not_text:
+        raise InvalidResource("the Appointment does not conform to FHIR R4", not_text)
     try:
         appt = Appointment.model_validate(data)
     except ValidationError as exc:
@@ -212,15 +221,20 @@ def _patient_ref(
     actor: Any, where: str, issues: list[tuple[str | None, str]]
 ) -> PatientRef | None:
     ref = actor.reference or ""
+    resource_id = None
     if ref.startswith("Patient/") and len(ref) > len("Patient/"):
-        return PatientRef(resource_id=ref.split("/", 1)[1])
+        resource_id = ref.split("/", 1)[1]
     ident = actor.identifier
+    identifier = None
     if ident is not None and ident.system and ident.value:
-        return PatientRef(
-            identifier=Identifier(system_to_authority(ident.system), ident.value)
+        identifier = Identifier(system_to_authority(ident.system), ident.value)
+    if resource_id is None and identifier is None:
+        issues.append(
+            (f"{where}.actor", "the Patient reference has no id or identifier")
         )
-    issues.append((f"{where}.actor", "the Patient reference has no id or identifier"))
-    return None
+        return None
+    # With both, the registration checks that they name the same patient.
+    return PatientRef(resource_id=resource_id, identifier=identifier)
 
 
 def _study_hints(appt: Appointment) -> tuple[str, ...]:

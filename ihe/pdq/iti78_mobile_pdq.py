@@ -78,6 +78,7 @@ DEFAULT_COUNT = 20
 MAX_COUNT = 100
 CURSOR = "_cursor"
 TARGET_SYSTEM_NOT_FOUND = "targetSystem not found"
+NO_SYSTEM = ""
 LOG_ANSWERED = "PDQm search answered"
 STRING_PARAMETERS = ("family", "given")
 SINGLE_PARAMETERS = ("family", "given", "birthdate", "gender", "active", "_count")
@@ -478,7 +479,9 @@ def _token(text: str) -> Token:
             "identifier must be system|value",
             [("identifier", "expected system|value, system| or value")],
         )
-    system = system_to_authority(parts[0]) if parts[0] else None
+    # "|value" asks for an identifier without a system (FHIR token search):
+    # the index holds none, so the empty system matches nothing.
+    system = system_to_authority(parts[0]) if parts[0] else NO_SYSTEM
     return system, parts[1] or None
 
 
@@ -511,7 +514,7 @@ def _systems(
     simple_ids: list[tuple[str, str | None]], groups: list[tuple[Token, ...]]
 ) -> tuple[str, ...]:
     tokens = [*simple_ids, *(t for g in groups for t in g)]
-    return tuple(dict.fromkeys(s for s, _ in tokens if s is not None))
+    return tuple(dict.fromkeys(s for s, _ in tokens if s))
 
 
 def _link(relation: str, base: str, search: PdqmSearch, cursor: str | None) -> Any:

@@ -222,7 +222,8 @@ def feed(
     ------
     IdentityError
         The identifiers belong to different patients, `patient_id` names a
-        patient other than the one the identifiers belong to, a fictitious or
+        patient other than the one the identifiers belong to or a merged
+        patient, a fictitious or
         doubtful identity would be linked, or the INS collides with a patient
         of another birth date or sex.
     """
@@ -236,6 +237,11 @@ def feed(
     owners = {p.id: p for i in lookup if (p := find_patient(session, i))}
     if patient_id is not None:
         existing = session.get(Patient, patient_id)
+        if existing is not None and existing.merged_into:
+            raise IdentityError(
+                f"Patient/{patient_id} was merged into Patient/{existing.merged_into}:"
+                " update the surviving patient"
+            )
         if existing is not None:
             owners.setdefault(existing.id, existing)
     if len(owners) > 1:

@@ -28,7 +28,7 @@ from ihe.pix import patient_index
 from mappings.fhir_appointment import ACTIVE_STATUS, RegistrationRequest
 from mappings.identifiers import Identifier
 from server.config import Settings
-from server.errors import Conflict, UnknownReference
+from server.errors import Conflict, InvalidResource, UnknownReference
 from server.models import (
     Board,
     Patient,
@@ -220,20 +220,52 @@ def stamp(resource: dict[str, Any], resource_id: str, version: int) -> dict[str,
 
 
 def _patient(session: Session, request: RegistrationRequest) -> Patient:
+    """The patient the Appointment names, followed to its survivor if merged.
+
+    Raises
+    ------
+    UnknownReference
+        The patient is not in the index.
+    InvalidResource
+        The reference and the identifier name two different patients.
+    """
     ref = request.patient
-    patient = None
+    by_id = by_identifier = None
     if ref.resource_id is not None:
-        patient = session.get(Patient, ref.resource_id)
+        by_id = _survivor(session, session.get(Patient, ref.resource_id))
         where = f"Patient/{ref.resource_id}"
-    elif ref.identifier is not None:
-        patient = patient_index.find_patient(session, ref.identifier)
-        where = f"Patient?identifier={ref.identifier.system}|{ref.identifier.value}"
+    if ref.identifier is not None:
+        by_identifier = patient_index.find_patient(session, ref.identifier)
+        if ref.resource_id is None:
+            where = f"Patient?identifier={ref.identifier.system}|{ref.identifier.value}"
+    disagree = by_identifier is None or by_identifier.id != getattr(by_id, "id", None)
+    if by_id is not None and ref.identifier is not None and disagree:
+        raise InvalidResource(
+            "the Appointment's patient reference and identifier name different "
+            "patients",
+            [
+                (
+                    "Appointment.participant.actor",
+                    "reference and identifier do not name the same patient",
+                )
+            ],
+        )
+    patient = by_id if ref.resource_id is not None else by_identifier
     if patient is None:
         raise UnknownReference(
             "the Appointment's patient is not in the patient index; send the Patient "
             "first",
             [("Appointment.participant.actor", f"{where} is unknown")],
         )
+    return patient
+
+
+def _survivor(session: Session, patient: Patient | None) -> Patient | None:
+    """`patient`, or the patient it was merged into (followed to the end)."""
+    seen: set[str] = set()
+    while patient is not None and patient.merged_into and patient.id not in seen:
+        seen.add(patient.id)
+        patient = session.get(Patient, patient.merged_into)
     return patient
 
 

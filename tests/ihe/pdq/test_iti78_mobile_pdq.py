@@ -103,6 +103,15 @@ def test_iti78_given_exact_is_one_given_name_as_stored(client: FlaskClient) -> N
     assert ids(bundle(client.get("/fhir/Patient", query_string=mixed))) == []
 
 
+def test_iti78_identifier_without_system_matches_no_domain(
+    client: FlaskClient,
+) -> None:
+    feed(client, "DUPONT", ("2.999.1.1", "A100"))
+    body = bundle(client.get("/fhir/Patient", query_string={"identifier": "|A100"}))
+    assert (body["total"], body.get("entry", [])) == (0, [])
+    assert ids(bundle(client.get("/fhir/Patient?identifier=A100"))) != []
+
+
 def test_iti78_active_alone_is_not_a_criterion(client: FlaskClient) -> None:
     feed(client, "MARTIN", ("2.999.1.1", "A1"))
     rsp = client.get("/fhir/Patient?active=true")

@@ -248,6 +248,71 @@ def test_create_appointment_unknown_patient_422_nothing_stored(
     assert count(rt, Registration) == 0
 
 
+def test_create_appointment_reference_and_identifier_of_two_patients_422(
+    client: FlaskClient, rt: Runtime
+) -> None:
+    first = post(client, "/fhir/Patient", patient_body("A1", "158037512345678"))
+    other = post(client, "/fhir/Patient", patient_body("A2", "258037512345679"))
+    assert (first.status_code, other.status_code) == (201, 201)
+    body = appointment_body(first.get_json()["id"])
+    actor = body["participant"][0]["actor"]
+    actor["type"] = "Patient"
+    actor["identifier"] = {"system": "urn:oid:2.999.1.1", "value": "A2"}
+    outcome = assert_outcome(post(client, "/fhir/Appointment", body), 422)
+    assert [(i["code"], i["diagnostics"]) for i in outcome["issue"]] == [
+        ("invalid", "reference and identifier do not name the same patient")
+    ]
+    assert count(rt, Registration) == 0
+    actor["identifier"]["value"] = "A1"
+    assert post(client, "/fhir/Appointment", body).status_code == 201
+
+
+def test_create_appointment_for_a_merged_patient_registers_its_survivor(
+    client: FlaskClient, rt: Runtime
+) -> None:
+    from ihe.pix import patient_index
+    from mappings.identifiers import Identifier
+
+    survivor = post(client, "/fhir/Patient", patient_body("A1")).get_json()["id"]
+    absorbed = post(
+        client, "/fhir/Patient", patient_body("A2", "258037512345679")
+    ).get_json()["id"]
+    with rt.db.session() as session:
+        patient_index.merge(
+            session, Identifier("2.999.1.1", "A1"), Identifier("2.999.1.1", "A2")
+        )
+        session.commit()
+    rsp = post(client, "/fhir/Appointment", appointment_body(absorbed))
+    assert rsp.status_code == 201, rsp.get_data(as_text=True)
+    with rt.db.session() as session:
+        (registration,) = session.scalars(select(Registration)).all()
+        assert registration.patient_id == survivor
+    # The retired record cannot be rewritten: it would touch the survivor.
+    again = client.put(
+        f"/fhir/Patient/{absorbed}",
+        data=json.dumps({**patient_body("B9", "258037512345679"), "id": absorbed}),
+        content_type=FHIR,
+    )
+    outcome = assert_outcome(again, 409)
+    assert outcome["issue"][0]["diagnostics"] == (
+        f"Patient/{absorbed} was merged into Patient/{survivor}: update the "
+        "surviving patient"
+    )
+
+
+def test_create_appointment_numeric_instants_422_nothing_stored(
+    client: FlaskClient, rt: Runtime
+) -> None:
+    patient = post(client, "/fhir/Patient", patient_body()).get_json()
+    body = {**appointment_body(patient["id"]), "start": 1901772000, "end": 1901779200}
+    outcome = assert_outcome(post(client, "/fhir/Appointment", body), 422)
+    assert [(i["expression"], i["diagnostics"]) for i in outcome["issue"]] == [
+        (["Appointment.start"], "an instant is a JSON string"),
+        (["Appointment.end"], "an instant is a JSON string"),
+    ]
+    assert count(rt, Registration) == 0
+
+
 def test_create_appointment_without_board_422(client: FlaskClient, rt: Runtime) -> None:
     patient = post(client, "/fhir/Patient", patient_body()).get_json()
     body = appointment_body(patient["id"])
