@@ -133,6 +133,8 @@ def retrieve(site_name: str, study_uid: str) -> None:
     series is asked for on several associations at once, within the site's
     free slots (SPIDERS_RETRIEVE_PARALLEL).
     """
+    # Imported before the runtime, so that the schema holds the permits' table.
+    from ihe.dicom.admission import retrieve_permit
     from server.workflow.prefetch import retrieve_now
 
     rt = _runtime(quiet=True)
@@ -143,7 +145,11 @@ def retrieve(site_name: str, study_uid: str) -> None:
     except ConfigurationError as exc:
         _fail(str(exc))
     before = rt.archive.count_instances(study_uid)
-    with _progress_bar(site.name) as show:
+    # The cache keeps only what a retrieve asked for: this one says so.
+    permit = retrieve_permit(
+        rt.db.sessions, site.name, study_uid, rt.settings.worker_lease_seconds
+    )
+    with permit, _progress_bar(site.name) as show:
         outcome = retrieve_now(rt.settings, rt.db, rt.archive, site, study_uid, show)
         done = outcome.completed or 0
         show(done, (outcome.failed or 0) if done or outcome.failed else None)
@@ -278,6 +284,15 @@ def status(as_json: bool) -> None:
             if pending:
                 summary += f", {len(pending)} awaiting identity review"
             click.echo(summary)
+            for query in reg.site_queries:
+                if query.status in ("failed", "busy", "maintenance"):
+                    click.echo(
+                        f"  site {query.site_name} {query.status}: "
+                        f"{query.reason or 'no reason given'}"
+                    )
+            if reg.rediscover_at is not None:
+                again = reg.rediscover_at.strftime("%Y-%m-%d %H:%M UTC")
+                click.echo(f"  sites asked again at {again}")
             if reg.late_reason:
                 click.echo(f"  late: {reg.late_reason}")
             rows = [c for c in reg.candidates if c.prefetch or needs_review(c)]

@@ -12,6 +12,11 @@ that order, and writes the Application Stop audit record. A thread sends the
 audit outbox to the configured audit repositories (ITI-20) and, at the stop,
 sends it once more.
 
+The listener keeps only what a retrieve asked for
+(:mod:`ihe.dicom.admission`) and gives each caller its role
+(:mod:`ihe.dicom.acceptance`): sites store and verify, consoles query,
+retrieve and verify.
+
 Limitations
 -----------
 The worker child and the listener children are not restarted if they die;
@@ -43,7 +48,8 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from ihe.atna.codes import EventTypeCode
 from ihe.atna.delivery import OutboxSender
-from ihe.dicom.acceptance import CallerPolicy
+from ihe.dicom.acceptance import CallerPolicy, KnownPeer, Role
+from ihe.dicom.admission import StoreAdmission
 from ihe.dicom.ae import (
     TLS_FAILURE_CALLBACK,
     add_storage_scp_contexts,
@@ -126,10 +132,13 @@ def start_dicom(rt: Runtime, *, shared_port: bool = False) -> ThreadedAssociatio
         # pynetdicom's own context lists always name their abstract syntax.
         assert cx.abstract_syntax is not None
         ae.add_requested_context(cx.abstract_syntax)
+    policy = caller_policy(rt)
+    # Only what a retrieve asked the calling site for is kept.
     storage = StorageSCP(
         rt.archive,
         on_association_done=_audit_delivery(rt),
         on_refused=_audit_refused_request(rt),
+        admission=StoreAdmission(rt.db.sessions, policy.site_names),
     )
     qr = QueryRetrieveSCP(
         rt.archive,
@@ -139,7 +148,6 @@ def start_dicom(rt: Runtime, *, shared_port: bool = False) -> ThreadedAssociatio
         on_find=_audit_find(rt),
         on_refused=_audit_refused_request(rt),
     )
-    policy = caller_policy(rt)
     tls = None
     if settings.dicom_tls_cert and settings.dicom_tls_key:
         tls = server_context(
@@ -212,18 +220,18 @@ def listener_main() -> int:
 
 
 def caller_policy(rt: Runtime) -> CallerPolicy:
-    """The sites and consoles of the sites file, each from its own host."""
+    """The sites and consoles of the sites file, each from its own host and
+    in its role: sites store, consoles query and retrieve."""
     directory = rt.settings.directory
-    allowed: dict[str, set[str]] = {}
-    peers = [(s.ae_title, s.host) for s in directory.sites] + [
-        (c.ae_title, c.host) for c in directory.consoles
+    peers = [KnownPeer(s.name, s.ae_title, s.host, Role.SITE) for s in directory.sites]
+    peers += [
+        KnownPeer(c.name, c.ae_title, c.host, Role.CONSOLE) for c in directory.consoles
     ]
-    for ae_title, host in peers:
-        allowed.setdefault(ae_title, set()).add(host)
     return CallerPolicy(
-        allowed,
+        peers,
         allow_unknown=rt.settings.dicom_allow_unknown_callers,
         on_refused=audit.refused_association(rt.settings, rt.db),
+        on_restricted=_audit_refused_request(rt),
     )
 
 
@@ -461,7 +469,8 @@ def _destination(rt: Runtime) -> Any:
 
 def _audit_refused_request(rt: Runtime) -> Callable[[str, str, str], None]:
     """Security Alert (110113, Use of Restricted Function) for a DIMSE request
-    the cache refused: a C-STORE it will not keep, a C-MOVE to an unknown AE."""
+    the cache refused: a C-STORE it will not keep or did not ask for, a C-MOVE
+    to an unknown AE, a site's Query/Retrieve contexts."""
 
     def write(calling_ae: str, address: str, what: str) -> None:
         with rt.db.session() as session:

@@ -14,10 +14,20 @@ attributes before the pixel data, for the index, and moves the file into the
 archive. No instance is then held in memory whole, and the pixel data is
 never decoded or copied by Python code.
 
+Given a :class:`~ihe.dicom.admission.StoreAdmission` (the cache's listener
+always has one), an instance is kept only when a retrieve asked the calling
+site for its study and patient; any other is answered 0x0124 (Refused: Not
+Authorized, a general status of PS3.7 Annex C; PS3.4 B.2.3 has no C-STORE
+status of its own for a refused caller) with the reason as Error Comment.
+The first refusal of a study on an association is logged at WARNING (site,
+reason) and reported to `on_refused`, to be audited as Use of Restricted
+Function; the further instances of it are refused silently.
+
 Limitations
 -----------
-Any calling AE may store; restricting callers to the configured sites and
-consoles is done by :mod:`ihe.dicom.acceptance`, not here.
+Which callers may associate at all is decided by :mod:`ihe.dicom.acceptance`,
+not here; without a :class:`~ihe.dicom.admission.StoreAdmission` (the demo's
+simulated sites, tests) every instance is kept.
 :func:`receive_into_files` switches pynetdicom for the whole process: other
 C-STORE receivers in that process (a C-GET client reading
 ``event.encoded_dataset()``) would then fail, so only the cache's listener
@@ -45,12 +55,14 @@ from pydicom.errors import InvalidDicomError
 from pynetdicom import _config, evt
 from pynetdicom.events import Event
 
+from ihe.dicom.admission import StoreAdmission
 from ihe.dicom.archive import Archive, StoredInstance
 from server.errors import StoreRefused
 
 logger = logging.getLogger(__name__)
 
 LOG_ASSOCIATION_DONE = "storage association ended"
+LOG_NOT_ASKED = "instances refused: not asked for"
 # Values longer than this are left unread when indexing a received file.
 DEFER_SIZE = 4096
 
@@ -73,6 +85,7 @@ class StoreStatus(IntEnum):
     """C-STORE response statuses used here (PS3.4 B.2.3, PS3.7 C)."""
 
     SUCCESS = 0x0000
+    NOT_AUTHORIZED = 0x0124  # Refused: Not Authorized, PS3.7 Annex C
     OUT_OF_RESOURCES = 0xA700
     CANNOT_UNDERSTAND = 0xC000
 
@@ -109,6 +122,11 @@ class StorageSCP:
     on_association_done : callable, optional
         Called with an :class:`AssociationSummary` when an association that
         stored at least one instance is released or aborted.
+    on_refused : callable, optional
+        Called with (calling AE, address, what) for a refused instance (once
+        per association and study when refused as not asked for).
+    admission : StoreAdmission, optional
+        Admits only the instances a retrieve asked for; without it, all.
     """
 
     def __init__(
@@ -116,8 +134,10 @@ class StorageSCP:
         archive: Archive,
         on_association_done: Callable[[AssociationSummary], None] | None = None,
         on_refused: Callable[[str, str, str], None] | None = None,
+        admission: StoreAdmission | None = None,
     ) -> None:
         self.archive = archive
+        self.admission = admission
         self.on_association_done = on_association_done
         self.on_refused = on_refused
         self._lock = threading.Lock()
@@ -145,8 +165,11 @@ class StorageSCP:
                 extra={"error": type(exc).__name__},
             )
             return StoreStatus.CANNOT_UNDERSTAND
-        tsyntax = str(event.context.transfer_syntax)
         calling = event.assoc.requestor.ae_title
+        refusal = self._refusal(event, ds, study_uid)
+        if refusal is not None:
+            return _failure(StoreStatus.NOT_AUTHORIZED, refusal)
+        tsyntax = str(event.context.transfer_syntax)
         try:
             if received is None:
                 stored = self.archive.store(
@@ -171,6 +194,33 @@ class StorageSCP:
             )
         self._count(event, ds, study_uid, stored.replaced)
         return StoreStatus.SUCCESS
+
+    def _refusal(self, event: Event, ds: Dataset, study_uid: str) -> str | None:
+        """Why this instance was not asked for, or ``None`` to store it."""
+        if self.admission is None:
+            return None
+        requestor = event.assoc.requestor
+        calling = str(requestor.ae_title).strip()
+        verdict = self.admission.admit(
+            event.assoc,
+            calling,
+            str(requestor.address),
+            study_uid,
+            _text(ds.get("PatientID")) or "",
+        )
+        if verdict.reason is None or not verdict.first:
+            return verdict.reason
+        logger.warning(
+            LOG_NOT_ASKED,
+            extra={
+                "site": verdict.site,
+                "calling_ae": calling,
+                "reason": verdict.reason,
+            },
+        )
+        what = f"C-STORE refused: {verdict.reason} (study {study_uid})"
+        _report(self.on_refused, calling, event, what)
+        return verdict.reason
 
     def _store_file(
         self, received: Path, ds: Dataset, tsyntax: str, calling: str
@@ -214,6 +264,8 @@ class StorageSCP:
         self._finish(event, aborted=True)
 
     def _finish(self, event: Event, aborted: bool) -> None:
+        if self.admission is not None:
+            self.admission.forget(event.assoc)
         with self._lock:
             studies = self._open.pop(id(event.assoc), {})
         if not studies:
