@@ -25,6 +25,12 @@ A returned study whose patient birth date or family name disagrees with the
 index is kept with a warning and never selected automatically; for a study
 held at several sites, a warning from any copy applies.
 
+A site whose query failed (refused, unreachable, timed out, an error
+status) is asked again, with the other sites, by a later discovery: first
+:data:`FAILED_RETRY_MIN` after, then less and less often as the case ages
+(half its age, at most :data:`FAILED_RETRY_MAX`), until the meeting starts.
+What the other sites answered is kept meanwhile.
+
 Limitations
 -----------
 A candidate found again on a later discovery keeps its site even if another
@@ -67,6 +73,8 @@ LOG_SITE_IN_MAINTENANCE = "site in maintenance, not queried"
 LOG_SITE_BUSY = "site busy, not queried"
 # A busy site (every association slot taken) is asked again this much later.
 BUSY_RETRY = timedelta(seconds=30)
+FAILED_RETRY_MIN = timedelta(minutes=10)
+FAILED_RETRY_MAX = timedelta(hours=2)
 SLOT_POLL_SECONDS = 0.2
 MAX_PARALLEL_SITES = 16
 # Keys of Registration.hints, as the order and appointment intake write them.
@@ -144,7 +152,7 @@ def discover(
         now or utcnow(),
         db,
     )
-    registration.rediscover_at = _rediscover_at(answers, now or utcnow())
+    registration.rediscover_at = _rediscover_at(answers, now or utcnow(), registration)
     registration.site_queries.clear()
     session.flush()
     for answer in answers:
@@ -257,11 +265,27 @@ def _query_slotted(
         site_slots.release(db, lease)
 
 
-def _rediscover_at(answers: list[SiteAnswer], now: datetime) -> datetime | None:
-    """When to ask again the sites that were skipped: busy, or in maintenance."""
+def _rediscover_at(
+    answers: list[SiteAnswer], now: datetime, registration: Registration
+) -> datetime | None:
+    """When to ask again the sites that were skipped (busy, in maintenance) or
+    failed; None when every site answered."""
     moments = [a.maintenance_until for a in answers if a.maintenance_until]
     moments += [now + BUSY_RETRY for a in answers if a.busy]
-    return min(moments, default=None)
+    if any(a.error and not a.busy for a in answers):
+        moments.append(now + failed_retry_delay(registration.created_at, now))
+    soonest = min(moments, default=None)
+    meeting = registration.meeting_start
+    if soonest is not None and meeting is not None and soonest >= meeting:
+        return None
+    return soonest
+
+
+def failed_retry_delay(created: datetime | None, now: datetime) -> timedelta:
+    """How long to wait before asking a failed site again: half the case's
+    age, between :data:`FAILED_RETRY_MIN` and :data:`FAILED_RETRY_MAX`."""
+    age = now - created if created is not None else timedelta(0)
+    return min(FAILED_RETRY_MAX, max(FAILED_RETRY_MIN, age / 2))
 
 
 def _query_one(

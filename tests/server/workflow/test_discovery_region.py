@@ -14,17 +14,19 @@ import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pydicom
 import pytest
+from click.testing import CliRunner
 from sqlalchemy import select
 
 from ihe.dicomweb.rad129_qido_rs_query import Endpoint, search_for_studies
 from ihe.qr.rad14_query_images import query_studies
 from server import tasks
+from server.cli import main
 from server.config import Directory, MaintenanceWindow, Settings, Site
 from server.demo.studies import (
     DemoPatient,
@@ -37,7 +39,7 @@ from server.errors import PeerError
 from server.models import Patient, PatientIdentifier, Registration, SiteSlotUse
 from server.runtime import Runtime
 from server.workflow import site_slots
-from server.workflow.discovery import discover
+from server.workflow.discovery import discover, failed_retry_delay
 from tests.peers import LOCALHOST, OrthancPeer, require
 
 pytestmark = pytest.mark.peer
@@ -191,7 +193,14 @@ def test_query_studies_hint_of_another_patient_finds_nothing_more(
 # The whole discovery, through the database.
 
 
-def _registration(rt: Runtime, hints: dict[str, list[str]]) -> str:
+# Registered six hours before the discoveries below, a week before its meeting.
+CREATED = datetime(2025, 6, 2, 3, 0, tzinfo=UTC)
+MEETING = datetime(2025, 6, 9, 14, 0, tzinfo=UTC)
+
+
+def _registration(
+    rt: Runtime, hints: dict[str, list[str]], meeting: datetime = MEETING
+) -> str:
     with rt.db.session() as session:
         patient = Patient(
             id="p-7001",
@@ -204,7 +213,14 @@ def _registration(rt: Runtime, hints: dict[str, list[str]]) -> str:
             PatientIdentifier(system=B_DOMAIN, value=B_ID),
         ]
         session.add(
-            Registration(id="r-7001", status="booked", patient=patient, hints=hints)
+            Registration(
+                id="r-7001",
+                status="booked",
+                patient=patient,
+                hints=hints,
+                created_at=CREATED,
+                meeting_start=meeting,
+            )
         )
     return "r-7001"
 
@@ -300,6 +316,54 @@ def test_discover_region_dedupe_dead_site_and_maintenance(
     }
     # The dead site cost its own time-out, once, not more.
     assert elapsed < DEAD_TIMEOUT + 4.0
+
+
+@pytest.mark.parametrize(
+    ("meeting", "again"),
+    [
+        # Six hours old: asked again in half that, at most two hours...
+        (MEETING, datetime(2025, 6, 2, 11, 0, tzinfo=UTC)),
+        # ... unless the meeting has started by then.
+        (datetime(2025, 6, 2, 11, 0, tzinfo=UTC), None),
+    ],
+)
+def test_discover_failed_site_asked_again_later(
+    rt: Runtime, meeting: datetime, again: datetime | None, hung_port: int
+) -> None:
+    site = _site("site-down", hung_port, A_DOMAIN, timeout=1)
+    settings = dataclasses.replace(rt.settings, directory=Directory(sites=(site,)))
+    reg_id = _registration(rt, {}, meeting=meeting)
+
+    _discover(rt, settings, reg_id)
+
+    with rt.db.session() as session:
+        reg = session.get(Registration, reg_id)
+        assert reg is not None
+        assert [(q.site_name, q.status) for q in reg.site_queries] == [
+            ("site-down", "failed")
+        ]
+        assert reg.rediscover_at == again
+    env = {"SPIDERS_DATA_DIR": str(rt.settings.data_dir), "COLUMNS": "200"}
+    lines = CliRunner().invoke(main, ["status"], env=env).output.splitlines()
+    assert [x for x in lines if x.startswith("  site site-down failed: ")] != []
+    asked = [x for x in lines if x.startswith("  sites asked again at ")]
+    assert asked == (
+        [f"  sites asked again at {again:%Y-%m-%d %H:%M} UTC"] if again else []
+    )
+
+
+def test_failed_retry_delay_grows_with_the_case_age() -> None:
+    now = datetime(2025, 6, 2, 9, 0, tzinfo=UTC)
+    delays = [
+        failed_retry_delay(now - timedelta(minutes=age), now)
+        for age in (0, 30, 120, 600)
+    ]
+    assert delays == [
+        timedelta(minutes=10),
+        timedelta(minutes=15),
+        timedelta(hours=1),
+        timedelta(hours=2),
+    ]
 
 
 def test_discover_hints_mark_and_select_hinted_study(
