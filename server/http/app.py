@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
 from server import runtime
 from server.errors import Forbidden, InputError, SpidersError, Unauthorized
 from server.http import api, audit_events, fhir
+from server.http.auth import logged_route
 from server.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ def _spiders_error(exc: SpidersError) -> Response:
         extra={
             "status": exc.http_status,
             "error": type(exc).__name__,
-            "path": request.path,
+            "route": logged_route(),
         },
     )
     response = operation_outcome(exc.http_status, exc.fhir_code, issues)
@@ -108,6 +109,6 @@ def _unexpected(exc: Exception) -> Response:
     logger.error(
         "unexpected error while serving a request",
         exc_info=exc,
-        extra={"path": request.path},
+        extra={"route": logged_route()},
     )
     return operation_outcome(500, "exception", [(None, "internal error")])

@@ -59,13 +59,14 @@ def authenticate(roles: tuple[Role, ...]) -> Principal:
         principal = rt.token_verifier.verify(token.strip())
     except TokenError as exc:
         logger.warning(
-            "token refused", extra={"reason": str(exc), "path": request.path}
+            "token refused", extra={"reason": str(exc), "route": logged_route()}
         )
         _audit_refused(rt, None, str(exc))
         raise Unauthorized(f"invalid token: {exc}") from exc
     if not principal.has_any(roles):
         logger.warning(
-            "role refused", extra={"path": request.path, "subject": principal.subject}
+            "role refused",
+            extra={"route": logged_route(), "subject": principal.subject},
         )
         _audit_refused(rt, principal.subject, "the token lacks the endpoint's roles")
         raise Forbidden(
@@ -146,3 +147,13 @@ def caller() -> str:
 def audit_requestor() -> messages.Participant:
     """The caller as the requesting participant of an audit message."""
     return audit.http_client(caller(), request.remote_addr)
+
+
+def logged_route() -> str:
+    """The request's method and route template, for logs.
+
+    A path may carry a patient's identifier (``/fhir/Patient/A100`` sent by
+    mistake with a hospital number); the template never does.
+    """
+    rule = request.url_rule.rule if request.url_rule is not None else "(no route)"
+    return f"{request.method} {rule}"

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
+import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
@@ -353,3 +355,19 @@ def test_put_patient_id_mismatch_422(client: FlaskClient) -> None:
     body["id"] = "other"
     rsp = client.put("/fhir/Patient/mine", data=json.dumps(body), content_type=FHIR)
     assert_outcome(rsp, 422)
+
+
+def test_refused_request_logs_the_route_not_the_path(
+    client: FlaskClient, anonymous: FlaskClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    # A hospital number sent where a resource id belongs.
+    assert client.get("/fhir/Patient/IPP-7731").status_code == 404
+    assert anonymous.get("/fhir/Patient/IPP-7731").status_code == 401
+    logged = [
+        " ".join([r.getMessage(), *map(str, r.__dict__.values())])
+        for r in caplog.records
+    ]
+    assert not [x for x in logged if "IPP-7731" in x]
+    routes = {getattr(r, "route", None) for r in caplog.records}
+    assert "GET /fhir/Patient/<resource_id>" in routes
