@@ -17,6 +17,17 @@ that links to a patient whose birth date or sex differs from the feed's is
 refused as an identity collision. Names and birth dates never link two
 records: two patients with the same name and birth date stay two patients.
 
+A link made by an INS lasts as long as the INS is trusted. Each identifier
+an INS joined to a patient (the feed shared nothing else with the patient)
+is marked so in the history (``linked``, detail ``by INS``). When a feed
+brings that INS back with a status that does not link (PROV, RECUP, FICT or
+DOUT), the INS is unlinked and those identifiers are split off into a new
+patient record with the same demographics, unless the feed itself carries
+them (then the feed links them). The registrations of the first patient are
+told (:func:`server.workflow.identity_changes.after_unlink`): their studies
+found under a split identifier are flagged for identity review and not
+retrieved.
+
 A feed whose identifiers already belong to one patient updates that patient
 and adds the new identifiers. A feed whose identifiers belong to two
 different patients is refused: joining them is a merge, which needs an
@@ -65,6 +76,8 @@ LOG_PATIENT_UPDATED = "patient updated in the index"
 LOG_PATIENTS_MERGED = "patients merged in the index"
 LOG_IDENTIFIER_CHANGED = "patient identifier changed in the index"
 LOG_INS_HELD = "INS kept without linking"
+LOG_INS_UNLINKED = "INS no longer trusted: identifiers it linked split off"
+LINKED_BY_INS = "by INS"
 # RNIV identity statuses under which an INS links records (qualified identity).
 TRUSTED_INS_STATUSES = frozenset({"VALI", "QUAL"})
 UNLINKABLE_ATTRIBUTES = frozenset({"FICT", "DOUT"})
@@ -249,6 +262,8 @@ def feed(
             "these identifiers belong to different patients; joining them is a merge"
         )
     patient = next(iter(owners.values()), None)
+    if patient is not None:
+        patient = _undo_ins_links(session, patient, record) or patient
     _check_ins_collision(session, record, linking)
     _check_unlinkable(record, linking, patient)
     created = patient is None
@@ -383,6 +398,8 @@ def _apply(
         patient.identity_attributes = list(record.identity_attributes)
     _keep_ins(patient, record)
     known = {(i.system, i.value) for i in patient.identifiers}
+    shared = [i for i in linking if (i.system, i.value) in known]
+    by_ins = bool(shared) and all(i.is_ins for i in shared)
     for ident in linking:
         if (
             ident.system in {i.system for i in patient.identifiers}
@@ -400,10 +417,113 @@ def _apply(
             if not created:
                 patient.history.append(
                     PatientHistory(
-                        kind="linked", system=ident.system, new_value=ident.value
+                        kind="linked",
+                        system=ident.system,
+                        new_value=ident.value,
+                        detail=LINKED_BY_INS if by_ins and not ident.is_ins else None,
                     )
                 )
     patient.resource = resource
+
+
+def _undo_ins_links(
+    session: Session, patient: Patient, record: PatientRecord
+) -> Patient | None:
+    """Split off what a no longer trusted INS linked; the patient the feed is
+    about afterwards when that changed, else None.
+
+    Runs when `record` carries, with a status that does not link, the INS
+    `patient` holds linked. Each identifier the INS joined to `patient` goes
+    to a new patient of its own, except those the feed carries together with
+    one of the patient's other identifiers (the feed links them). Those the
+    feed carries without any other identifier of the patient go to one new
+    patient together, which the feed then updates.
+    """
+    ins = next((i for i in record.identifiers if i.is_ins), None)
+    if ins is None or ins_links(record):
+        return None
+    if not any(
+        (r.system, r.value) == (ins.system, ins.value) for r in patient.identifiers
+    ):
+        return None
+    by_ins = {
+        (h.system, h.new_value)
+        for h in patient.history
+        if h.kind == "linked" and h.detail == LINKED_BY_INS
+    }
+    # The INS leaves the patient whichever record the feed is about.
+    for row in list(patient.identifiers):
+        if row.system == ins.system:
+            patient.identifiers.remove(row)
+    rows = [r for r in patient.identifiers if (r.system, r.value) in by_ins]
+    sent = {(i.system, i.value) for i in record.identifiers if not i.is_ins}
+    held = {(r.system, r.value) for r in patient.identifiers}
+    if sent & (held - by_ins):
+        rows = [r for r in rows if (r.system, r.value) not in sent]
+    if not rows:
+        return None
+    groups: list[list[PatientIdentifier]] = []
+    together = [r for r in rows if (r.system, r.value) in sent]
+    if together:
+        groups.append(together)
+    groups += [[r] for r in rows if (r.system, r.value) not in sent]
+    split: list[Identifier] = []
+    target = None
+    for group in groups:
+        other = _split_off(session, patient, group)
+        split += [Identifier(r.system, r.value) for r in group]
+        if group is together:
+            target = other
+    session.flush()
+    from server.workflow import identity_changes
+
+    identity_changes.after_unlink(session, patient.id, split)
+    logger.warning(
+        LOG_INS_UNLINKED,
+        extra={"patient": patient.id, "patients_created": len(groups)},
+    )
+    return target
+
+
+def _split_off(
+    session: Session, patient: Patient, rows: list[PatientIdentifier]
+) -> Patient:
+    """A new patient with `patient`'s demographics holding `rows`."""
+    other = Patient(
+        id=new_id(),
+        family_name=patient.family_name,
+        given_names=patient.given_names,
+        birth_family_name=patient.birth_family_name,
+        birth_date=patient.birth_date,
+        sex=patient.sex,
+        birth_place=patient.birth_place,
+        family_fold=patient.family_fold,
+        birth_family_fold=patient.birth_family_fold,
+        given_fold=patient.given_fold,
+        resource={},
+    )
+    session.add(other)
+    other.history.append(
+        PatientHistory(
+            kind="created",
+            other_patient_id=patient.id,
+            detail="split off: the INS that linked it is no longer trusted",
+        )
+    )
+    for row in rows:
+        # The row itself moves: one identifier, never deleted and re-inserted.
+        patient.identifiers.remove(row)
+        other.identifiers.append(row)
+        patient.history.append(
+            PatientHistory(
+                kind="unlinked",
+                system=row.system,
+                old_value=row.value,
+                other_patient_id=other.id,
+                detail="the INS that linked it is no longer trusted",
+            )
+        )
+    return other
 
 
 def _keep_ins(patient: Patient, record: PatientRecord) -> None:

@@ -13,12 +13,20 @@ outside the index is brought in line here, in the same transaction:
   and running retrieves carry on, since they name studies, not patients, and
   their registrations already belong to the survivor.
 
+When an INS that linked a patient's identifiers stops being trusted, the
+patient index splits them off (:mod:`ihe.pix.patient_index`);
+:func:`after_unlink` then flags, in the first patient's registrations, every
+candidate study found under a split identifier: it gets an identity warning,
+leaves the selection and loses its retrieve if that has not started, and
+waits for a person's review like any other flagged study.
+
 Limitations
 -----------
 Files in the cache keep the Patient ID they were received with (the cache
 stores instances exactly as sent); only the index answering queries changes.
 A registration whose discovery is running when the merge arrives is not
-queried again automatically; its coordinator can ask for a retry.
+queried again automatically; its coordinator can ask for a retry. Studies of
+a split identifier already in the cache stay there (flagged on the case).
 """
 
 from __future__ import annotations
@@ -30,7 +38,15 @@ from sqlalchemy.orm import Session
 
 from mappings.identifiers import Identifier
 from server.config import Settings
-from server.models import CachedInstance, Candidate, Patient, Registration, utcnow
+from server.models import (
+    CachedInstance,
+    Candidate,
+    Patient,
+    PrefetchState,
+    Registration,
+    SiteRecord,
+    utcnow,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +90,51 @@ def after_identifier_change(
     counts = {"candidates": candidates, "cached_instances": instances}
     logger.info(LOG_WORK_UPDATED, extra={"patient": patient.id, **counts})
     return counts
+
+
+UNLINKED_WARNING = (
+    "found under an identifier that an INS had linked to this patient; the INS "
+    "is no longer trusted"
+)
+
+
+def after_unlink(
+    session: Session, patient_id: str, identifiers: list[Identifier]
+) -> int:
+    """Flag the studies of `patient_id`'s registrations found under
+    `identifiers`, which no longer belong to the patient; returns how many."""
+    flagged = 0
+    for ident in identifiers:
+        sites = session.scalars(
+            select(SiteRecord.name).where(SiteRecord.patient_id_domain == ident.system)
+        ).all()
+        if not sites:
+            continue
+        candidates = session.scalars(
+            select(Candidate).where(
+                Candidate.registration_id.in_(
+                    select(Registration.id).where(Registration.patient_id == patient_id)
+                ),
+                Candidate.site_name.in_(sites),
+                Candidate.patient_id_at_site == ident.value,
+            )
+        ).all()
+        for candidate in candidates:
+            candidate.warning = UNLINKED_WARNING
+            candidate.review = None
+            if candidate.selected:
+                candidate.selected, candidate.selected_by = False, "identity"
+            prefetch = candidate.prefetch
+            if prefetch is not None and prefetch.state in (
+                PrefetchState.SCHEDULED,
+                PrefetchState.QUEUED,
+            ):
+                prefetch.state = PrefetchState.CANCELLED
+                prefetch.finished_at = utcnow()
+                prefetch.reason = UNLINKED_WARNING
+            flagged += 1
+    logger.info(LOG_WORK_UPDATED, extra={"patient": patient_id, "flagged": flagged})
+    return flagged
 
 
 def _relabel(

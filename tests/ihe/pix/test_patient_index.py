@@ -192,3 +192,163 @@ def test_merge_and_change_are_in_the_history(rt: Runtime) -> None:
         (absorbed, "absorbed", survivor, None, None),
         (survivor, "identifier-changed", None, "A1", "A9"),
     ]
+
+
+def identifiers_of(rt: Runtime, patient_id: str) -> set[tuple[str, str]]:
+    with rt.db.session() as session:
+        patient = session.get(Patient, patient_id)
+        assert patient is not None
+        return {(i.system, i.value) for i in patient.identifiers}
+
+
+def owner(rt: Runtime, ident: Identifier) -> str:
+    with rt.db.session() as session:
+        found = patient_index.find_patient(session, ident)
+        assert found is not None
+        return found.id
+
+
+def joined_by_ins(rt: Runtime) -> str:
+    first = feed(rt, record(Identifier(SITE_A, "A1"), ins(), status="VALI"))
+    assert feed(rt, record(Identifier(SITE_B, "B1"), ins(), status="VALI")) == first
+    return first
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        (Identifier(SITE_A, "A1"),),  # site A's own feed
+        (),  # the INS alone
+    ],
+)
+def test_downgrade_splits_off_what_the_ins_linked(
+    rt: Runtime, sent: tuple[Identifier, ...]
+) -> None:
+    first = joined_by_ins(rt)
+    assert feed(rt, record(*sent, ins(), status="PROV")) == first
+    assert identifiers_of(rt, first) == {(SITE_A, "A1")}
+    split = owner(rt, Identifier(SITE_B, "B1"))
+    assert split != first
+    assert identifiers_of(rt, split) == {(SITE_B, "B1")}
+    with rt.db.session() as session:
+        history = session.scalars(
+            select(PatientHistory)
+            .where(PatientHistory.patient_id == first)
+            .order_by(PatientHistory.id)
+        ).all()
+        unlinked = [
+            (h.system, h.old_value, h.other_patient_id)
+            for h in history
+            if h.kind == "unlinked"
+        ]
+        assert unlinked == [(SITE_B, "B1", split)]
+        linked = [h.detail for h in history if h.kind == "linked"]
+        assert linked == [patient_index.LINKED_BY_INS]
+
+
+def test_downgrade_sent_by_the_linked_site_updates_the_split_record(
+    rt: Runtime,
+) -> None:
+    first = joined_by_ins(rt)
+    later = feed(
+        rt,
+        record(Identifier(SITE_B, "B1"), ins(), status="PROV", birth=date(1979, 8, 23)),
+    )
+    assert later != first
+    assert identifiers_of(rt, first) == {(SITE_A, "A1")}
+    assert identifiers_of(rt, later) == {(SITE_B, "B1")}
+    with rt.db.session() as session:
+        kept = session.get(Patient, first)
+        split = session.get(Patient, later)
+        assert kept is not None and split is not None
+        assert (kept.birth_date, split.birth_date) == (
+            date(1979, 8, 22),
+            date(1979, 8, 23),
+        )
+        assert split.ins_status == "PROV"
+
+
+def test_downgrade_carrying_both_identifiers_keeps_them_linked(rt: Runtime) -> None:
+    first = joined_by_ins(rt)
+    again = feed(
+        rt,
+        record(
+            Identifier(SITE_A, "A1"), Identifier(SITE_B, "B1"), ins(), status="PROV"
+        ),
+    )
+    assert again == first
+    assert identifiers_of(rt, first) == {(SITE_A, "A1"), (SITE_B, "B1")}
+    assert patients(rt) == 1
+
+
+def test_downgrade_flags_the_studies_found_under_a_split_identifier(
+    rt: Runtime,
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from server import site_directory
+    from server.config import Directory, Site
+    from server.models import (
+        Board,
+        Candidate,
+        Prefetch,
+        PrefetchState,
+        Registration,
+    )
+    from server.workflow.identity_changes import UNLINKED_WARNING
+    from server.workflow.vigilance import needs_review
+
+    first = joined_by_ins(rt)
+    meeting = datetime.now(UTC) + timedelta(days=5)
+    sites = tuple(
+        Site(name, name.upper().replace("-", "_"), "127.0.0.1", 104, domain)
+        for name, domain in (("site-a", SITE_A), ("site-b", SITE_B))
+    )
+    site_directory.sync(rt.db, Directory(sites=sites))
+    with rt.db.session() as session:
+        reg = Registration(
+            id="r1",
+            status="booked",
+            patient_id=first,
+            board=Board(location_reference="Location/rcp"),
+            meeting_start=meeting,
+            discovery="done",
+        )
+        for site, local, uid in (
+            ("site-a", "A1", "2.25.1"),
+            ("site-b", "B1", "2.25.2"),
+        ):
+            cand = Candidate(
+                site_name=site,
+                study_uid=uid,
+                patient_id_at_site=local,
+                modalities=["CT"],
+                selected=True,
+                selected_by="rule",
+            )
+            cand.prefetch = Prefetch(
+                id=f"f-{site}",
+                registration_id="r1",
+                site_name=site,
+                study_uid=uid,
+                due_at=meeting - timedelta(days=1),
+                state=PrefetchState.SCHEDULED,
+            )
+            reg.candidates.append(cand)
+        session.add(reg)
+        session.commit()
+
+    feed(rt, record(Identifier(SITE_A, "A1"), ins(), status="PROV"))
+
+    with rt.db.session() as session:
+        reg = session.get(Registration, "r1")
+        assert reg is not None
+        shown = {
+            c.site_name: (c.selected, c.warning, needs_review(c), c.prefetch.state)
+            for c in reg.candidates
+            if c.prefetch is not None
+        }
+    assert shown == {
+        "site-a": (True, None, False, PrefetchState.SCHEDULED),
+        "site-b": (False, UNLINKED_WARNING, True, PrefetchState.CANCELLED),
+    }
