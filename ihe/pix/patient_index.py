@@ -29,7 +29,10 @@ found under a split identifier are flagged for identity review and not
 retrieved.
 
 A feed whose identifiers already belong to one patient updates that patient
-and adds the new identifiers. A feed whose identifiers belong to two
+and adds the new identifiers, unless its demographics disagree with the
+index (name, birth date or sex, compared as identity vigilance compares
+them): a correction of the patient's traits comes alone, then the new
+identifier. A feed whose identifiers belong to two
 different patients is refused: joining them is a merge, which needs an
 explicit merge message.
 
@@ -236,7 +239,8 @@ def feed(
     IdentityError
         The identifiers belong to different patients, `patient_id` names a
         patient other than the one the identifiers belong to or a merged
-        patient, a fictitious or
+        patient, a new identifier would be linked to a patient whose
+        demographics the feed changes, a fictitious or
         doubtful identity would be linked, or the INS collides with a patient
         of another birth date or sex.
     """
@@ -383,6 +387,8 @@ def _apply(
     *,
     created: bool,
 ) -> None:
+    if not created:
+        _check_demographics_for_links(patient, record, linking)
     patient.family_name = record.family
     patient.given_names = " ".join(record.given) or None
     patient.birth_family_name = record.birth_family
@@ -424,6 +430,37 @@ def _apply(
                     )
                 )
     patient.resource = resource
+
+
+def _check_demographics_for_links(
+    patient: Patient, record: PatientRecord, linking: list[Identifier]
+) -> None:
+    """Refuse a feed that links a new local identifier to `patient` while its
+    demographics disagree with the index (see :mod:`server.workflow.vigilance`).
+
+    Such a feed is either another person's record carrying a wrong
+    identifier, or a correction of the patient's identity: the second must
+    come alone first, so that no identifier is linked on traits that were
+    just rewritten.
+    """
+    held = {(i.system, i.value) for i in patient.identifiers}
+    new = [i for i in linking if not i.is_ins and (i.system, i.value) not in held]
+    if not new:
+        return
+    from server.workflow.vigilance import disagreements
+
+    name = "^".join([record.family or "", " ".join(record.given)]).strip("^")
+    reasons = disagreements(
+        patient,
+        name=name or None,
+        birth_date=record.birth_date.strftime("%Y%m%d") if record.birth_date else None,
+        sex=record.sex,
+    )
+    if reasons:
+        raise IdentityError(
+            "a new identifier is not linked to a patient whose demographics this "
+            f"feed changes ({'; '.join(reasons)}): send the correction alone first"
+        )
 
 
 def _undo_ins_links(

@@ -352,3 +352,35 @@ def test_downgrade_flags_the_studies_found_under_a_split_identifier(
         "site-a": (True, None, False, PrefetchState.SCHEDULED),
         "site-b": (False, UNLINKED_WARNING, True, PrefetchState.CANCELLED),
     }
+
+
+def test_new_identifier_not_linked_while_demographics_change(rt: Runtime) -> None:
+    first = feed(rt, record(Identifier(SITE_A, "A1")))
+    other = PatientRecord(
+        identifiers=(Identifier(SITE_A, "A1"), Identifier(SITE_B, "B1")),
+        family="BERNARD",
+        given=("Luc",),
+        birth_date=date(1955, 5, 5),
+        sex="M",
+    )
+    with rt.db.session() as session, pytest.raises(IdentityError) as refused:
+        patient_index.feed(session, other, {})
+    assert str(refused.value) == (
+        "a new identifier is not linked to a patient whose demographics this feed "
+        "changes (birth date differs from the patient index; sex differs from the "
+        "patient index; family name differs from the patient index; given name "
+        "differs from the patient index): send the correction alone first"
+    )
+    with rt.db.session() as session:
+        kept = session.get(Patient, first)
+        assert kept is not None
+        assert (kept.family_name, kept.birth_date) == ("FAURE", date(1979, 8, 22))
+    assert identifiers_of(rt, first) == {(SITE_A, "A1")}
+    # The correction alone, then the identifier: both accepted.
+    corrected = record(Identifier(SITE_A, "A1"), birth=date(1979, 8, 23))
+    assert feed(rt, corrected) == first
+    both = record(
+        Identifier(SITE_A, "A1"), Identifier(SITE_B, "B1"), birth=date(1979, 8, 23)
+    )
+    assert feed(rt, both) == first
+    assert identifiers_of(rt, first) == {(SITE_A, "A1"), (SITE_B, "B1")}
