@@ -16,6 +16,10 @@ PID-32     identity reliability codes (French RNIV): one status among
 MRG-1      the prior (absorbed) identifiers of a merge or identifier change
 =========  ===================================================================
 
+A family name (XPN-1) or given names (XPN-2 and XPN-3 together) of more than
+100 characters are refused (ERR-3 102 at the component) rather than cut: the
+index keeps each name, and its folded form, in 200 characters.
+
 Limitations
 -----------
 Addresses, telecoms, mother's maiden name and PD1 are not read. A PID-32
@@ -35,7 +39,7 @@ from mappings.fhir_patient import (
     SEX_TO_GENDER,
     PatientRecord,
 )
-from mappings.hl7_types import Cx, parse_cx, parse_date
+from mappings.hl7_types import Cx, check_length, parse_cx, parse_date
 from mappings.identifiers import authority_to_system
 from server.errors import MessageError
 
@@ -46,6 +50,8 @@ USED_NAME = "D"
 BIRTH_NAME_TYPES = ("L", "B", "M")
 # PID-5.7 name type → FHIR HumanName.use, as FR Core reads PAM France.
 NAME_USE = {"D": "usual", "L": "official", "B": "maiden", "M": "maiden"}
+# Widest family name, and given names together; folding may double them (Œ→OE).
+MAX_NAME = 100
 
 
 @dataclass(frozen=True)
@@ -61,11 +67,16 @@ class Xpn:
 
 @dataclass(frozen=True)
 class PidPatient:
-    """A PID segment mapped: the record for the index and what it came from."""
+    """A PID segment mapped: the record for the index and what it came from.
+
+    ``name_repetitions`` holds the PID-5 repetition number of each of
+    ``names`` (empty repetitions are skipped), for error locations.
+    """
 
     record: PatientRecord
     cxs: tuple[Cx, ...]
     names: tuple[Xpn, ...]
+    name_repetitions: tuple[int, ...] = ()
 
 
 def read_pid(msg: Message) -> PidPatient:
@@ -85,7 +96,12 @@ def read_pid(msg: Message) -> PidPatient:
             ErrorCode.REQUIRED_FIELD_MISSING,
             ("PID", 1, 3),
         )
-    names = tuple(_xpn(rep) for rep in pid.repetitions(5))
+    numbered = [
+        (index, _xpn(rep, index))
+        for index, rep in enumerate(pid.field(5), start=1)
+        if any(any(c) for c in rep)
+    ]
+    names = tuple(xpn for _, xpn in numbered)
     used = _first(names, (USED_NAME, *BIRTH_NAME_TYPES)) or (
         names[0] if names else None
     )
@@ -102,7 +118,7 @@ def read_pid(msg: Message) -> PidPatient:
         identity_attributes=attributes,
         birth_place=_birth_place(pid),
     )
-    return PidPatient(record, cxs, names)
+    return PidPatient(record, cxs, names, tuple(index for index, _ in numbered))
 
 
 def patient_cxs(seg: Segment, field: int) -> tuple[Cx, ...]:
@@ -196,14 +212,19 @@ def _given(name: Xpn | None) -> tuple[str, ...]:
     return tuple(g for g in (name.given, name.further_given) if g)
 
 
-def _xpn(rep: Repetition) -> Xpn:
-    return Xpn(
+def _xpn(rep: Repetition, index: int) -> Xpn:
+    xpn = Xpn(
         family=component(rep, 1, 1).strip(),
         given=component(rep, 2).strip(),
         further_given=component(rep, 3).strip(),
         prefix=component(rep, 5).strip(),
         type_code=component(rep, 7).strip().upper(),
     )
+    check_length(xpn.family, MAX_NAME, ("PID", 1, 5, index, 1))
+    check_length(xpn.given, MAX_NAME, ("PID", 1, 5, index, 2))
+    given = " ".join(g for g in (xpn.given, xpn.further_given) if g)
+    check_length(given, MAX_NAME, ("PID", 1, 5, index, 3))
+    return xpn
 
 
 def _first(names: tuple[Xpn, ...], types: tuple[str, ...]) -> Xpn | None:

@@ -17,7 +17,9 @@ patient         PID-3, every identifier (resolved by the patient index)
 
 Date-times without an offset are Europe/Paris local times
 (:func:`~mappings.hl7_types.parse_dtm`); an ambiguous one is refused. The
-Appointment written for read-back always carries explicit offsets.
+Appointment written for read-back always carries explicit offsets. An
+appointment key (SCH-1, SCH-2) or board longer than a registration keeps is
+refused (ERR-3 102), never cut.
 
 Limitations
 -----------
@@ -36,7 +38,7 @@ from typing import Any
 from ihe.hl7v2.codes import ErrorCode
 from ihe.hl7v2.er7 import Message, Segment
 from mappings.fhir_appointment import ACTIVE_STATUS, PatientRef, RegistrationRequest
-from mappings.hl7_types import parse_dtm, parse_ei
+from mappings.hl7_types import check_length, parse_dtm, parse_ei
 from mappings.identifiers import Identifier, authority_to_system
 from server.errors import MessageError
 
@@ -66,6 +68,8 @@ FILLER_STATUS = {
 # AIS-8 duration units (ISO+ / ANSI codes senders use) → minutes.
 DURATION_UNITS = {"MIN": 1, "M": 1, "S": 1 / 60, "H": 60, "HR": 60, "D": 1440}
 DEFAULT_STATUS = "booked"
+# Widest board reference and name a registration's board keeps.
+MAX_BOARD = 256
 
 
 @dataclass(frozen=True)
@@ -177,7 +181,7 @@ def appointment_resource(appt: SiuAppointment, patient_id: str) -> dict[str, Any
 
 def _key(sch: Segment, n: int, facility: str) -> Identifier | None:
     reps = sch.field(n)
-    return parse_ei(reps[0], facility) if reps else None
+    return parse_ei(reps[0], facility, ("SCH", 1, n, 1)) if reps else None
 
 
 def _filler_status(sch: Segment) -> str:
@@ -227,18 +231,30 @@ def _end_from_duration(ais: Segment | None, start: datetime | None) -> datetime 
 
 
 def _board(msg: Message, facility: str) -> tuple[str | None, str | None]:
-    """The board as (location reference, display), from AIL, AIG or AIS."""
+    """The board as (location reference, display), from AIL, AIG or AIS.
+
+    Raises
+    ------
+    MessageError
+        A reference or name longer than a board keeps (ERR-3 102).
+    """
     ail = msg.segment("AIL")
     if ail is not None:
         code = next((ail.value(3, 1, c) for c in (1, 2, 3) if ail.value(3, 1, c)), "")
         if code:
             where = ail.value(3, 1, 4) or facility
-            return _reference(where, code), ail.value(3, 1, 9) or None
+            display = ail.value(3, 1, 9)
+            check_length(_reference(where, code), MAX_BOARD, ("AIL", 1, 3))
+            check_length(display, MAX_BOARD, ("AIL", 1, 3, 1, 9))
+            return _reference(where, code), display or None
     for name in ("AIG", "AIS"):
         seg = msg.segment(name)
         if seg is not None and seg.value(3, 1, 1).strip():
             code = seg.value(3, 1, 1).strip()
-            return _reference(facility, code), seg.value(3, 1, 2) or None
+            display = seg.value(3, 1, 2)
+            check_length(_reference(facility, code), MAX_BOARD, (name, 1, 3, 1, 1))
+            check_length(display, MAX_BOARD, (name, 1, 3, 1, 2))
+            return _reference(facility, code), display or None
     return None, None
 
 

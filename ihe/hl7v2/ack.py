@@ -11,8 +11,9 @@ older ERR-1 (ELD) is written as well.
 
 :func:`for_exception` is the one place where an exception becomes an answer:
 ``MessageRejected`` gives ``AR``, other ``MessageError`` ``AE`` with their
-code and location, the error tree's input, identity and conflict errors
-``AE`` with 204 or 205, anything else ``AE`` 207 (internal error).
+code and location (and ERR-5 for an application rule), the error tree's
+input, identity and conflict errors ``AE`` with 204 or 205, anything else
+``AE`` 207 (internal error).
 
 Limitations
 -----------
@@ -32,12 +33,15 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from ihe.hl7v2 import er7
+from ihe.hl7v2.application import ApplicationRuleError
 from ihe.hl7v2.codes import (
+    APPLICATION_ERROR_CODE_SYSTEM,
     CHARSETS,
     ELD_VERSIONS,
     ERROR_CODE_SYSTEM,
     AckCode,
     AckCondition,
+    ApplicationErrorCode,
     ErrorCode,
     Severity,
 )
@@ -72,12 +76,15 @@ class ErrorDetail:
         ERR-8, for the sender's operators; never patient data.
     severity : Severity
         ERR-4, HL7 table 0516.
+    application : ApplicationErrorCode, optional
+        ERR-5, the application's own code for the error.
     """
 
     code: ErrorCode
     location: tuple[str | int, ...] = ()
     message: str = ""
     severity: Severity = Severity.ERROR
+    application: ApplicationErrorCode | None = None
 
 
 def for_exception(exc: BaseException) -> tuple[AckCode, ErrorDetail]:
@@ -88,7 +95,12 @@ def for_exception(exc: BaseException) -> tuple[AckCode, ErrorDetail]:
             if isinstance(exc, MessageRejected)
             else AckCode.APPLICATION_ERROR
         )
-        return code, ErrorDetail(ErrorCode(exc.code), exc.location, str(exc))
+        application = (
+            exc.application_code if isinstance(exc, ApplicationRuleError) else None
+        )
+        return code, ErrorDetail(
+            ErrorCode(exc.code), exc.location, str(exc), application=application
+        )
     if isinstance(exc, UnknownReference):
         error = ErrorCode.UNKNOWN_KEY_IDENTIFIER
     elif isinstance(exc, IdentityError | Conflict):
@@ -207,6 +219,14 @@ def _err(error: ErrorDetail, eld: bool) -> str:
     location = "^".join(er7.escape(str(part)) for part in error.location)
     fields = ["ERR", "", location, code, str(error.severity), "", "", "", ""]
     fields[8] = er7.escape(error.message)
+    if error.application is not None:
+        fields[5] = "^".join(
+            [
+                str(int(error.application)),
+                er7.escape(error.application.text),
+                APPLICATION_ERROR_CODE_SYSTEM,
+            ]
+        )
     if eld:
         # ERR-1 (ELD) of v2.3/v2.4: segment^sequence^field^code&text&system.
         where = [str(p) for p in error.location[:3]]

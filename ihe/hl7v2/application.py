@@ -7,6 +7,10 @@ A handler maps the message, changes the records it owns and returns an
 message, and the acknowledgement builder turns that exception into ``AE`` or
 ``AR`` with its ERR segment. The handler never builds an acknowledgement.
 
+A refusal that no table 0357 code names (a PID whose demographics disagree
+with the patient index) is an :class:`ApplicationRuleError`: ERR-3 207 with the
+application error code in ERR-5, as the French CI-SIS profiles answer it.
+
 Limitations
 -----------
 A handler sees one message at a time and cannot answer with anything but the
@@ -16,13 +20,15 @@ general acknowledgement (no ``ORR``, ``ORL`` or ``SRR`` responses).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
+from ihe.hl7v2.codes import ApplicationErrorCode, ErrorCode
 from ihe.hl7v2.er7 import Message
 from server.config import Settings
+from server.errors import MessageError
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +68,29 @@ class Outcome:
 
     detail: str
     dispatch: bool = False
+
+
+class ApplicationRuleError(MessageError):
+    """A message refused by an application rule: ``AE``, ERR-3 207, ERR-5 the rule.
+
+    Parameters
+    ----------
+    message : str
+        One sentence for the sender (ERR-8); never patient data.
+    application_code : ApplicationErrorCode
+        ERR-5, the rule the message breaks.
+    location : tuple of str or int
+        ERR-2, the field that breaks it.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        application_code: ApplicationErrorCode,
+        location: Sequence[str | int] = (),
+    ) -> None:
+        super().__init__(message, ErrorCode.APPLICATION_INTERNAL_ERROR, location)
+        self.application_code = application_code
 
 
 Handler = Callable[[Session, Message, Context], Outcome]

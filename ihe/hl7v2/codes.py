@@ -89,6 +89,32 @@ _ERROR_TEXT = {
 ERROR_CODE_SYSTEM = "HL70357"
 
 
+class ApplicationErrorCode(IntEnum):
+    """ERR-5 application error code, HL7 user-defined table 0533.
+
+    HL7 leaves the table to each site; the codes are those the French CI-SIS
+    HL7 v2 profiles define (ANS, "Transmission de documents CDA en HL7v2",
+    table applicationErrorCode), which go with ERR-3 207.
+    """
+
+    DEMOGRAPHICS_DIFFER = 904
+
+    @property
+    def text(self) -> str:
+        """The code's meaning (ERR-5.2)."""
+        return _APPLICATION_ERROR_TEXT[self]
+
+
+_APPLICATION_ERROR_TEXT = {
+    ApplicationErrorCode.DEMOGRAPHICS_DIFFER: (
+        "Patient demographics differ from the patient index"
+    ),
+}
+
+# The coding system of ERR-5 (CWE-3).
+APPLICATION_ERROR_CODE_SYSTEM = "HL70533"
+
+
 class Severity(StrEnum):
     """ERR-4 error severity, HL7 table 0516."""
 

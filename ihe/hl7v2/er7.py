@@ -16,6 +16,12 @@ of escape sequences), in the order that keeps each one safe:
    never taken for a real one. Unknown or unterminated escape sequences are
    kept as written.
 
+MSH-2 must declare four distinct encoding characters, or five from HL7 v2.7
+on (the truncation character); anything else cannot be split safely and is
+rejected (``AR``, ERR-3 102 at ``MSH^1^2``). A NUL character, written or
+escaped as ``\\X00\\``, is refused in any field (``AE`` 102 at the field):
+no text column can hold it.
+
 :func:`escape` is the inverse for the values SPIDERS writes.
 
 Limitations
@@ -54,6 +60,9 @@ Field = list[Repetition]
 _SEGMENT_NAME = re.compile(r"^[A-Z][A-Z0-9]{2}$")
 _HEX = re.compile(r"^(?:[0-9A-Fa-f]{2})+$")
 _VERSION_VARIANT = re.compile(r"^(\d+\.\d+(?:\.[1-9]\d*)?)(?:\.0)?$")
+# The first version whose MSH-2 may hold a fifth (truncation) character.
+TRUNCATION_VERSION = (2, 7)
+NUL = "\x00"
 
 
 @dataclass(frozen=True)
@@ -77,14 +86,14 @@ class Delimiters:
 
         Raises
         ------
-        MessageError
-            MSH-2 holds fewer than two or more than five characters, or
+        MessageRejected
+            MSH-2 holds fewer than four or more than five characters, or
             repeats a delimiter (ERR-3 102, at MSH-2).
         """
         chars = list(encoding_characters)
-        if not 2 <= len(chars) <= 5 or len({field_separator, *chars}) != len(chars) + 1:
-            raise MessageError(
-                "MSH-2 must hold 4 (or 5) distinct encoding characters",
+        if not 4 <= len(chars) <= 5 or len({field_separator, *chars}) != len(chars) + 1:
+            raise MessageRejected(
+                "MSH-2 must hold 4 (or, from v2.7, 5) distinct encoding characters",
                 ErrorCode.DATA_TYPE_ERROR,
                 (MSH, 1, 2),
             )
@@ -269,9 +278,8 @@ def read_header(raw: bytes) -> Segment:
     Raises
     ------
     MessageRejected
-        The bytes do not start with an MSH segment (ERR-3 100).
-    MessageError
-        MSH-2 is not usable (102).
+        The bytes do not start with an MSH segment (ERR-3 100), or MSH-2 is
+        not usable (102).
     """
     # Blank lines and a UTF-8 byte order mark some senders put first.
     start = len(raw) - len(raw.lstrip(b"\r\n \t").removeprefix(UTF8_BOM))
@@ -284,9 +292,7 @@ def read_header(raw: bytes) -> Segment:
             ErrorCode.SEGMENT_SEQUENCE_ERROR,
             (MSH,),
         )
-    separator = line[3]
-    delimiters = Delimiters.from_msh(separator, line[4:].split(separator, 1)[0])
-    return Segment(line, delimiters, "latin-1")
+    return _header(line, "latin-1")
 
 
 def charset_of(header: Segment) -> str:
@@ -357,10 +363,10 @@ def parse(text: str, charset: str = "utf-8") -> Message:
     Raises
     ------
     MessageRejected
-        No MSH first (ERR-3 100).
+        No MSH first (ERR-3 100), or unusable MSH-2 (102).
     MessageError
-        Unusable MSH-2 (102), or a segment whose name is not three capitals
-        or digits (100).
+        A segment whose name is not three capitals or digits (100), or a
+        NUL character in a field (102).
     """
     lines = split_segments(text.lstrip().removeprefix("\ufeff"))
     if not lines or not lines[0].startswith(MSH) or len(lines[0]) < 8:
@@ -369,8 +375,7 @@ def parse(text: str, charset: str = "utf-8") -> Message:
             ErrorCode.SEGMENT_SEQUENCE_ERROR,
             (MSH,),
         )
-    first = lines[0]
-    delimiters = Delimiters.from_msh(first[3], first[4:].split(first[3], 1)[0])
+    delimiters = _header(lines[0], charset).delimiters
     segments = [Segment(line, delimiters, charset) for line in lines]
     for index, seg in enumerate(segments, start=1):
         if not _SEGMENT_NAME.match(seg.name):
@@ -379,6 +384,7 @@ def parse(text: str, charset: str = "utf-8") -> Message:
                 ErrorCode.SEGMENT_SEQUENCE_ERROR,
                 (),
             )
+    _refuse_nul(segments)
     return Message(segments, delimiters, charset)
 
 
@@ -490,6 +496,55 @@ def version_id(value: str) -> str:
             (MSH, 1, 12),
         )
     return version
+
+
+def _header(line: str, charset: str) -> Segment:
+    """The MSH segment of `line`, its delimiters checked against MSH-12.
+
+    Raises
+    ------
+    MessageRejected
+        Unusable MSH-2, or five encoding characters in a message of a
+        version before 2.7 (ERR-3 102, at MSH-2).
+    """
+    separator = line[3]
+    delimiters = Delimiters.from_msh(separator, line[4:].split(separator, 1)[0])
+    header = Segment(line, delimiters, charset)
+    if delimiters.truncation:
+        match = _VERSION_VARIANT.match(header.value(12).strip())
+        numbers = tuple(int(n) for n in match.group(1).split(".")) if match else ()
+        if numbers and numbers < TRUNCATION_VERSION:
+            raise MessageRejected(
+                "MSH-2 holds a fifth (truncation) character, which only v2.7 "
+                "and later define; send the four encoding characters ^~\\&",
+                ErrorCode.DATA_TYPE_ERROR,
+                (MSH, 1, 2),
+            )
+    return header
+
+
+def _refuse_nul(segments: list[Segment]) -> None:
+    """Refuse a NUL character, as written or escaped, in any field.
+
+    Raises
+    ------
+    MessageError
+        The first field holding one (ERR-3 102, at that field).
+    """
+    seen: dict[str, int] = {}
+    for seg in segments:
+        seen[seg.name] = seen.get(seg.name, 0) + 1
+        escaped = seg.delimiters.escape and f"{seg.delimiters.escape}X" in seg.text
+        if NUL not in seg.text and not escaped:
+            continue
+        for n in range(1, seg.size + 1):
+            values = [s for rep in seg.field(n) for comp in rep for s in comp]
+            if NUL in seg.raw(n) or any(NUL in value for value in values):
+                raise MessageError(
+                    "a field holds a NUL character, which no field may hold",
+                    ErrorCode.DATA_TYPE_ERROR,
+                    (seg.name, seen[seg.name], n),
+                )
 
 
 def _sequence(body: str, delimiters: Delimiters, charset: str) -> str | None:

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from ihe.hl7v2.mllp import FrameDecoder, Oversized, frame
+from ihe.hl7v2.mllp import END_GRACE, FrameDecoder, Oversized, frame
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ LOG_CONNECTED = "MLLP connection opened"
 LOG_DISCONNECTED = "MLLP connection closed"
 LOG_PARTIAL_DROPPED = "partial MLLP frame dropped at close"
 LOG_OUTSIDE_FRAMES = "bytes outside MLLP frames discarded"
+LOG_UNTERMINATED = "MLLP frame ended without 0x0D after 0x1C; taken as complete"
 LOG_TLS_FAILED = "TLS handshake failed"
 READ_SIZE = 65536
 BACKLOG = 64
@@ -211,15 +212,20 @@ class MllpListener:
     def _read_frames(self, stream: socket.socket, peer: str) -> None:
         decoder = FrameDecoder(self.max_frame)
         while True:
+            # After a final 0x1C, the 0x0D gets a short grace (see mllp).
+            stream.settimeout(END_GRACE if decoder.awaiting_end else None)
             try:
                 data = stream.recv(READ_SIZE)
+            except TimeoutError:
+                items = decoder.flush()
             except OSError:
                 break
-            if not data:
-                break
-            for item in decoder.feed(data):
-                if not self._answer(stream, peer, item):
-                    return
+            else:
+                if not data:
+                    break
+                items = decoder.feed(data)
+            if not self._answer_all(stream, peer, decoder, items):
+                return
         if decoder.pending:
             logger.warning(
                 LOG_PARTIAL_DROPPED, extra={"peer": peer, "bytes": decoder.pending}
@@ -229,6 +235,21 @@ class MllpListener:
                 LOG_OUTSIDE_FRAMES, extra={"peer": peer, "bytes": decoder.discarded}
             )
         logger.info(LOG_DISCONNECTED, extra={"peer": peer})
+
+    def _answer_all(
+        self,
+        stream: socket.socket,
+        peer: str,
+        decoder: FrameDecoder,
+        items: list[bytes | Oversized],
+    ) -> bool:
+        """Answer each frame in order; False when the peer is gone."""
+        if decoder.unterminated:
+            logger.warning(
+                LOG_UNTERMINATED, extra={"peer": peer, "frames": decoder.unterminated}
+            )
+            decoder.unterminated = 0
+        return all(self._answer(stream, peer, item) for item in items)
 
     def _answer(
         self, stream: socket.socket, peer: str, item: bytes | Oversized

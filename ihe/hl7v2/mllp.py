@@ -11,6 +11,17 @@ before a start block (skipped) and frames larger than any read all come out
 the same. A frame longer than the configured limit is not kept: only its head
 is, so that the receiver can still answer it.
 
+The end block is ``0x1C 0x0D`` (HL7 MLLP release 2). ``0x1C`` is not valid
+HL7 text, so, as lenient MLLP servers do for senders that forget the final
+``0x0D``, a ``0x1C`` ends the frame whatever follows it: followed by
+``0x0D`` it is a proper end; followed by any other byte, the frame is
+complete and that byte is outside any frame (a ``0x0B`` there starts the
+next frame). A ``0x1C`` that is the last byte received so far waits for the
+next byte; when none comes, the listener completes the frame after
+:data:`END_GRACE` seconds (:meth:`FrameDecoder.flush`) rather than waiting for
+the sender to time out. Frames that ended without ``0x0D`` are counted in
+:attr:`FrameDecoder.unterminated`.
+
 Limitations
 -----------
 A start block inside an unfinished frame abandons that frame and starts a new
@@ -31,6 +42,8 @@ CARRIAGE_RETURN = b"\x0d"
 END_OF_FRAME = END_BLOCK + CARRIAGE_RETURN
 # What an oversized frame keeps: enough for any MSH segment.
 OVERSIZED_HEAD = 4096
+# Seconds to wait for the 0x0D after a 0x1C that ended a read.
+END_GRACE = 0.5
 _WHITESPACE = b"\r\n \t"
 
 
@@ -61,6 +74,7 @@ class FrameDecoder:
         self.max_frame = max_frame
         self.discarded = 0  # non-blank bytes seen outside any frame
         self.abandoned = 0  # frames cut short by a new start block
+        self.unterminated = 0  # frames whose end block had no 0x0D after it
         self._in_frame = False
         self._held_end_block = False
         self._buf = bytearray()
@@ -70,6 +84,11 @@ class FrameDecoder:
     def pending(self) -> int:
         """Bytes of an unfinished frame (0 between frames)."""
         return self._size + int(self._held_end_block) if self._in_frame else 0
+
+    @property
+    def awaiting_end(self) -> bool:
+        """True when the last byte read was an end block, its 0x0D still due."""
+        return self._in_frame and self._held_end_block
 
     def feed(self, data: bytes) -> list[bytes | Oversized]:
         """Add the bytes of one read; return the frames they complete, in order."""
@@ -81,13 +100,10 @@ class FrameDecoder:
                 continue
             # An end block at the very end of the previous read.
             if self._held_end_block:
-                self._held_end_block = False
-                if data[pos : pos + 1] == CARRIAGE_RETURN:
-                    frames.append(self._complete())
-                    pos += 1
-                    continue
-                self._append(END_BLOCK)
-            end = data.find(END_OF_FRAME, pos)
+                frames.append(self._end(data, pos))
+                pos += int(data[pos : pos + 1] == CARRIAGE_RETURN)
+                continue
+            end = data.find(END_BLOCK, pos)
             stop = end if end >= 0 else len(data)
             restart = data.find(START_BLOCK, pos, stop)
             if restart >= 0:
@@ -95,16 +111,30 @@ class FrameDecoder:
                 self._in_frame = False
                 pos = restart
                 continue
+            self._append(data[pos:stop])
             if end < 0:
-                if data.endswith(END_BLOCK):
-                    self._held_end_block = True
-                    stop -= 1
-                self._append(data[pos:stop])
                 break
-            self._append(data[pos:end])
-            frames.append(self._complete())
-            pos = end + len(END_OF_FRAME)
+            if end + 1 == len(data):
+                self._held_end_block = True
+                break
+            frames.append(self._end(data, end + 1))
+            pos = end + 1 + int(data[end + 1 : end + 2] == CARRIAGE_RETURN)
         return frames
+
+    def flush(self) -> list[bytes | Oversized]:
+        """Complete a frame whose end block came last and no 0x0D after it."""
+        if not self.awaiting_end:
+            return []
+        self._held_end_block = False
+        self.unterminated += 1
+        return [self._complete()]
+
+    def _end(self, data: bytes, after: int) -> bytes | Oversized:
+        """Complete the frame whose end block precedes `data[after]`."""
+        self._held_end_block = False
+        if data[after : after + 1] != CARRIAGE_RETURN:
+            self.unterminated += 1
+        return self._complete()
 
     def _find_start(self, data: bytes, pos: int) -> int:
         start = data.find(START_BLOCK, pos)

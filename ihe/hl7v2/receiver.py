@@ -4,8 +4,13 @@ For every frame, in this order:
 
 1. read MSH from the bytes (:func:`~ihe.hl7v2.er7.read_header`);
 2. look the sender (``MSH-3|MSH-4``) and MSH-10 up in the message store: a
-   message already answered gets the stored acknowledgement again, byte for
-   byte, and is not processed twice;
+   resend of a message already answered gets the stored acknowledgement
+   again, byte for byte, and is not processed twice. A resend is the same
+   message: the same bytes but for MSH-7 (the time of the message) and
+   trailing segment terminators or white space. Another message under a key
+   already used is answered ``AE``, ERR-2 ``MSH^1^10``, ERR-3 205 (duplicate
+   key identifier), and is neither stored nor processed; the stored one is
+   left as it is;
 3. commit the raw bytes to the store (``hl7_message``), so that nothing is
    acknowledged before it is durable; if the store is down, answer ``AR``
    (ERR 207) and keep nothing;
@@ -42,8 +47,11 @@ Routes (HL7 v2.5 and IHE):
 Limitations
 -----------
 Only production messages (MSH-11 ``P``) are processed; ``T`` and ``D`` are
-rejected with ``AR`` 202. An ``ACK`` received is stored and never answered,
-as HL7 forbids acknowledging an acknowledgement. The per-key lock lives in
+rejected with ``AR`` 202. Keys are never cut to fit the store: an MSH-10
+longer than 199 characters (its HL7 v2.5 length) or an MSH-3 or MSH-4 longer
+than 227 (the HD length) is answered ``AE`` 102 at that field and not
+stored. An ``ACK`` received is stored and never answered, as HL7 forbids
+acknowledging an acknowledgement. The per-key lock lives in
 this process: one MLLP listener per database. A frame above
 ``SPIDERS_MLLP_MAX_FRAME`` is answered ``AR`` and not stored.
 """
@@ -79,11 +87,15 @@ from server.models import Hl7Message, Hl7Outcome, utcnow
 
 logger = logging.getLogger(__name__)
 
-MAX_SENDER = 512
+# HL7 v2.5 lengths of MSH-10 (ST) and of MSH-3/MSH-4 (HD): the store's key
+# columns hold them whole (``sender`` is 512 wide, MSH-3|MSH-4 at most 455).
 MAX_CONTROL_ID = 199
+MAX_HD = 227
+_BLANK = b"\r\n \t"
 
 LOG_ACKNOWLEDGED = "message acknowledged"
 LOG_DUPLICATE = "duplicate message: previous acknowledgement sent again"
+LOG_KEY_REUSED = "message control ID reused for another message: refused"
 LOG_REFUSED = "message refused"
 LOG_FAILED = "message processing failed"
 LOG_NOT_STORED = "message not stored: the message store is unavailable"
@@ -199,15 +211,17 @@ class Receiver:
         route = self.queries.get(_key_of(msh)) if msh is not None else None
         if msh is not None and route is not None:
             return self._query(payload, msh, route, peer)
-        sender = f"{msh.raw(3)}|{msh.raw(4)}" if msh is not None else "|"
-        control_id = (msh.value(10).strip() or None) if msh is not None else None
-        # Keys as wide as their columns (MSH-10 is 199 characters at most).
-        sender = sender[:MAX_SENDER]
-        control_id = control_id[:MAX_CONTROL_ID] if control_id else control_id
+        try:
+            sender, control_id = _keys(msh)
+        except MessageError as exc:
+            return self._refuse_unstored(msh, exc)
         lock = self._locks[zlib.crc32(f"{sender}\x00{control_id}".encode()) % KEY_LOCKS]
         with lock:
             try:
                 row_id, previous = self._store(payload, msh, sender, control_id, peer)
+            except MessageError as exc:
+                logger.warning(LOG_KEY_REUSED, extra={"control_id": control_id})
+                return self._refuse_unstored(msh, exc)
             except SQLAlchemyError:
                 logger.error(LOG_NOT_STORED, extra={"control_id": control_id})
                 code, detail = (
@@ -240,6 +254,30 @@ class Receiver:
         )
         return Reply(self._answer(msh, AckCode.APPLICATION_REJECT, [detail], None))
 
+    def _refuse_unstored(self, msh: er7.Segment | None, exc: MessageError) -> Reply:
+        """Answer a message that cannot be stored under its key; keep nothing.
+
+        An acknowledgement is never answered, even refused.
+        """
+        code, detail = ack.for_exception(exc)
+        logger.warning(
+            LOG_REFUSED,
+            extra={
+                "ack": code.value,
+                "error": int(detail.code),
+                "location": "^".join(str(p) for p in detail.location),
+            },
+        )
+        if msh is not None and _key_of(msh)[0] == ack.ACK:
+            return Reply(None)
+        version: str | None = None
+        if msh is not None:
+            try:
+                version = er7.version_id(msh.value(12))
+            except MessageError:
+                version = None
+        return Reply(self._answer(msh, code, [detail], version))
+
     def _store(
         self,
         payload: bytes,
@@ -248,12 +286,17 @@ class Receiver:
         control_id: str | None,
         peer: str,
     ) -> tuple[int, Hl7Message | None]:
-        """The stored row's id, and the row when it was already answered."""
+        """The stored row's id, and the row when it was already answered.
+
+        Raises
+        ------
+        MessageError
+            The key is already used by another message (ERR-3 205).
+        """
         with self.db.session() as session:
             existing = _find(session, sender, control_id)
             if existing is not None:
-                done = existing.outcome != Hl7Outcome.RECEIVED
-                return existing.id, existing if done else None
+                return existing.id, _previous(existing, payload)
             row = Hl7Message(
                 sender=sender,
                 control_id=control_id,
@@ -269,8 +312,7 @@ class Receiver:
                 session.rollback()
                 again = _find(session, sender, control_id)
                 assert again is not None
-                done = again.outcome != Hl7Outcome.RECEIVED
-                return again.id, again if done else None
+                return again.id, _previous(again, payload)
             return row.id, None
 
     def _process(
@@ -313,11 +355,11 @@ class Receiver:
     ) -> Reply:
         """Answer a query with its response; nothing is stored but the audit."""
         qpd: er7.Segment | None = None
-        sender = f"{msh.raw(3)}|{msh.raw(4)}"[:MAX_SENDER]
         try:
             msg = er7.parse_bytes(payload, self.settings.hl7_default_charset)
             msh, qpd = msg.msh, msg.segment("QPD")
             _check_control(msg)
+            sender, _ = _keys(msh)
             er7.version_id(msg.msh.value(12))  # an unsupported MSH-12: AR 203
             context = Context(self.settings, sender, peer.rsplit(":", 1)[0])
             with self.db.session() as session:
@@ -441,6 +483,70 @@ def _check_control(msg: er7.Message) -> None:
             ErrorCode.UNSUPPORTED_PROCESSING_ID,
             _at(11),
         )
+
+
+def _keys(msh: er7.Segment | None) -> tuple[str, str | None]:
+    """The store's key of a message: ``MSH-3|MSH-4`` and MSH-10 (None if empty).
+
+    Raises
+    ------
+    MessageError
+        MSH-3, MSH-4 or MSH-10 longer than its HL7 v2.5 length (ERR-3 102).
+    """
+    if msh is None:
+        return "|", None
+    for n in (3, 4):
+        if len(msh.raw(n)) > MAX_HD:
+            raise MessageError(
+                f"MSH-{n} is longer than {MAX_HD} characters (HD)",
+                ErrorCode.DATA_TYPE_ERROR,
+                _at(n),
+            )
+    control_id = msh.value(10).strip() or None
+    if control_id is not None and len(control_id) > MAX_CONTROL_ID:
+        raise MessageError(
+            f"MSH-10 is longer than {MAX_CONTROL_ID} characters",
+            ErrorCode.DATA_TYPE_ERROR,
+            _at(10),
+        )
+    return f"{msh.raw(3)}|{msh.raw(4)}", control_id
+
+
+def _previous(row: Hl7Message, payload: bytes) -> Hl7Message | None:
+    """`row` when `payload` resends its answered message; None to process it.
+
+    Raises
+    ------
+    MessageError
+        `payload` is another message under `row`'s key (ERR-3 205).
+    """
+    if resend_form(row.raw) != resend_form(payload):
+        raise MessageError(
+            "MSH-10 was already used by another message of this sender; "
+            "send new messages with new control IDs",
+            ErrorCode.DUPLICATE_KEY_IDENTIFIER,
+            _at(10),
+        )
+    return row if row.outcome != Hl7Outcome.RECEIVED else None
+
+
+def resend_form(raw: bytes) -> bytes:
+    """What two sendings of one message share: MSH-7 blanked, ends trimmed.
+
+    MSH-7 is the time the message was sent, which a sender may renew when it
+    sends again; trailing segment terminators and white space are framing.
+    """
+    body = raw.strip(_BLANK).removeprefix(er7.UTF8_BOM)
+    ends = [i for i in (body.find(b"\r"), body.find(b"\n")) if i >= 0]
+    cut = min(ends) if ends else len(body)
+    header, rest = body[:cut], body[cut:]
+    if header.startswith(b"MSH") and len(header) > 3:
+        fields = header.split(header[3:4])
+        # fields[0] is "MSH", so MSH-n is fields[n - 1]: MSH-7 is fields[6].
+        if len(fields) > 6:
+            fields[6] = b""
+        header = header[3:4].join(fields)
+    return header + rest
 
 
 def _key_of(msh: er7.Segment) -> tuple[str, str]:

@@ -20,6 +20,11 @@ S13 to S26 find the registration by SCH-2 (filler appointment ID), else SCH-1
 (placer appointment ID); an appointment SPIDERS does not know is answered
 ``AE`` with ERR-3 204 at SCH-2.
 
+Every event checks the PID's name, birth date and sex against the patient
+PID-3 resolves to (:mod:`ihe.swf.demographics`): a message that disagrees is
+answered ``AE`` (ERR-2 the PID field, ERR-3 207, ERR-5 904) and changes
+nothing.
+
 Limitations
 -----------
 A registration is found by the key it was created with: an S12 that named
@@ -40,6 +45,7 @@ from ihe.hl7v2.application import Context, Handler, Outcome
 from ihe.hl7v2.codes import ErrorCode
 from ihe.hl7v2.er7 import Message
 from ihe.pix import patient_index
+from ihe.swf import demographics
 from mappings import hl7_pid, hl7_siu
 from mappings.fhir_appointment import ACTIVE_STATUS, PatientRef
 from server import audit
@@ -59,11 +65,13 @@ def handle_siu(session: Session, msg: Message, ctx: Context) -> Outcome:
     ------
     MessageError
         The message cannot be mapped, its patient or appointment is unknown
-        (ERR-3 204), or it conflicts with the registration (205).
+        (ERR-3 204), it conflicts with the registration (205), or its PID
+        disagrees with the patient index (207, ERR-5 904).
     """
     pid = hl7_pid.read_pid(msg)
     appt = hl7_siu.read_siu(msg, pid.record.identifiers)
     patient = _patient(session, appt)
+    demographics.check(patient, pid)
     request = replace(appt.request, patient=PatientRef(resource_id=patient.id))
     resource = hl7_siu.appointment_resource(appt, patient.id)
     if appt.event == "S12":

@@ -11,7 +11,9 @@ discontinued order (ORC-1 ``CA``, ``DC``...) withdraws them.
 Orders arrive for every patient of a department, most of whom no tumour board
 will see: an order for a patient unknown to the index, or with no active
 registration, is acknowledged ``AA`` and kept in the message store, and
-changes nothing.
+changes nothing. An order whose PID name, birth date or sex disagrees with
+the indexed patient of its PID-3 is refused (``AE``, ERR-2 the PID field,
+ERR-3 207, ERR-5 904; :mod:`ihe.swf.demographics`) and attaches nothing.
 
 Limitations
 -----------
@@ -30,6 +32,7 @@ from ihe.hl7v2.application import Context, Handler, Outcome
 from ihe.hl7v2.codes import ErrorCode
 from ihe.hl7v2.er7 import Message
 from ihe.pix import patient_index
+from ihe.swf import demographics
 from mappings import hl7_order, hl7_pid
 from mappings.fhir_appointment import ACTIVE_STATUS
 from server import audit
@@ -48,8 +51,9 @@ def handle_order(session: Session, msg: Message, ctx: Context) -> Outcome:
     Raises
     ------
     MessageError
-        The PID or an order cannot be mapped, or PID-3 names two patients
-        (ERR-3 205).
+        The PID or an order cannot be mapped, PID-3 names two patients
+        (ERR-3 205), or the PID disagrees with the patient index (207,
+        ERR-5 904).
     """
     pid = hl7_pid.read_pid(msg)
     orders = hl7_order.read_orders(msg)
@@ -61,6 +65,7 @@ def handle_order(session: Session, msg: Message, ctx: Context) -> Outcome:
         ) from exc
     if patient is None:
         return Outcome("order for a patient not in the index; nothing attached")
+    demographics.check(patient, pid)
     active = session.scalars(
         select(Registration).where(
             Registration.patient_id == patient.id,

@@ -112,7 +112,7 @@ def adt(
     pid3: str,
     *,
     event: str = "A28",
-    name: str = "TEST^Patient^^^^^L",
+    name: str = "DUPONT^Marie^^^^^L",
     extra: str = "",
     sender: str = "GAM|CHU_BELLEVAL",
     reliability: str = "",

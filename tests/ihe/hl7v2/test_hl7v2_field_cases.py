@@ -23,6 +23,8 @@ from tests.ihe.hl7v2.hl7v2_support import DATA, Client, ack_of, adt, case, liste
 
 PARIS = ZoneInfo("Europe/Paris")
 UTF8 = "UNICODE UTF-8"
+# The patient of C01a, as the index must know it for the SIU to be accepted.
+MARTIN_LOUISE = {"name": "MARTIN^Louise^^^^^L", "birth_date": "19720415"}
 
 
 def stored(rt: Runtime) -> list[Hl7Message]:
@@ -38,9 +40,10 @@ def test_c01a_lf_separated_siu_parsed_and_acknowledged(rt: Runtime) -> None:
     assert msg.value("MSH-10") == "SIU-LF-0001"
     assert msg.value("SCH-11.4") == "20250402143000"
     with listening(rt) as port, Client(port) as client:
-        assert client.exchange(adt("A28-1", "40000123^^^CHU_BELLEVAL^PI")).value(
-            "MSA-1"
-        ) == ("AA")
+        fed = client.exchange(
+            adt("A28-1", "40000123^^^CHU_BELLEVAL^PI", **MARTIN_LOUISE)
+        )
+        assert fed.value("MSA-1") == "AA"
         ack = client.exchange(raw)
     assert ack.value("MSA-1") == "AA"
     assert ack.value("MSA-2") == "SIU-LF-0001"
@@ -111,7 +114,14 @@ def test_c03_two_frames_and_partial_in_one_read_answered_in_order(
     assert len(raw) == 828
     with listening(rt) as port:
         with Client(port) as client:
-            fed = client.exchange(adt("A28-3", "40000126^^^CHU_BELLEVAL^PI"))
+            fed = client.exchange(
+                adt(
+                    "A28-3",
+                    "40000126^^^CHU_BELLEVAL^PI",
+                    name="ROUX^Anaïs^^^^^L",
+                    birth_date="19930130",
+                )
+            )
             assert fed.value("MSA-1") == "AA"
         with Client(port) as client:
             client.sock.sendall(raw)
@@ -297,7 +307,14 @@ def test_c08a_version_230_read_as_23_and_acknowledged(rt: Runtime) -> None:
     assert msg.value("SCH-1.1") == "RDV2001"
     assert msg.value("AIS-4") == "20250410090000"
     with listening(rt) as port, Client(port) as client:
-        fed = client.exchange(adt("A28-8", "40000133^^^CHU_BELLEVAL^PI"))
+        fed = client.exchange(
+            adt(
+                "A28-8",
+                "40000133^^^CHU_BELLEVAL^PI",
+                name="BLANC^Manon^^^^^L",
+                birth_date="19990511",
+            )
+        )
         assert fed.value("MSA-1") == "AA"
         ack = client.exchange(raw)
         unknown = client.exchange(

@@ -114,7 +114,12 @@ def test_listener_python_hl7_mllp_send_file_of_messages_all_acknowledged(
 ) -> None:
     mllp_send = require(str(Path(sys.executable).parent / "mllp_send"), "hl7 (pip)")
     messages = [
-        adt("FOREIGN-1", "40000123^^^CHU_BELLEVAL^PI"),
+        adt(
+            "FOREIGN-1",
+            "40000123^^^CHU_BELLEVAL^PI",
+            name="MARTIN^Louise^^^^^L",
+            birth_date="19720415",
+        ),
         case("C01a-lf-separators-siu-s12.hl7"),
         case("C04-adt-a02-msh18-8859-1-zbe.hl7"),
         case("C05-escape-sequences-orm-o01.hl7"),

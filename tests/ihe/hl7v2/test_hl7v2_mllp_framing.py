@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from ihe.hl7v2.mllp import (
+    CARRIAGE_RETURN,
+    END_BLOCK,
     END_OF_FRAME,
     OVERSIZED_HEAD,
     START_BLOCK,
@@ -48,10 +50,40 @@ def test_decoder_end_block_split_from_carriage_return_completes_frame() -> None:
     assert decoder.feed(b"\x0d") == [b"one"]
 
 
-def test_decoder_lone_end_block_kept_as_data() -> None:
+def test_decoder_end_block_without_cr_ends_frame_next_byte_outside() -> None:
     decoder = FrameDecoder(1024)
     assert decoder.feed(START_BLOCK + b"a\x1c") == []
-    assert decoder.feed(b"b" + END_OF_FRAME) == [b"a\x1cb"]
+    assert decoder.awaiting_end
+    assert decoder.feed(b"b" + frame(b"c")) == [b"a", b"c"]
+    assert (decoder.unterminated, decoder.discarded, decoder.pending) == (1, 1, 0)
+
+
+def test_decoder_end_block_without_cr_in_one_read_then_next_frame() -> None:
+    decoder = FrameDecoder(1024)
+    assert decoder.feed(START_BLOCK + b"a\x1c" + frame(b"b")) == [b"a", b"b"]
+    assert decoder.unterminated == 1
+
+
+def test_decoder_flush_completes_frame_whose_cr_never_came() -> None:
+    decoder = FrameDecoder(1024)
+    assert decoder.feed(START_BLOCK + b"a" + END_BLOCK) == []
+    assert decoder.flush() == [b"a"]
+    assert (decoder.unterminated, decoder.pending, decoder.awaiting_end) == (
+        1,
+        0,
+        False,
+    )
+    # The late 0x0D is blank outside any frame; nothing more comes out.
+    assert decoder.feed(CARRIAGE_RETURN) == []
+    assert decoder.flush() == []
+    assert decoder.discarded == 0
+
+
+def test_decoder_end_block_split_from_its_cr_is_a_proper_end() -> None:
+    decoder = FrameDecoder(1024)
+    assert decoder.feed(START_BLOCK + b"a" + END_BLOCK) == []
+    assert decoder.feed(CARRIAGE_RETURN) == [b"a"]
+    assert decoder.unterminated == 0
 
 
 def test_decoder_start_block_inside_frame_abandons_partial_frame() -> None:

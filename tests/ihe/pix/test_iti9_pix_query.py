@@ -243,9 +243,10 @@ def test_iti9_feed_replay_protection_intact_beside_queries(
     rt: Runtime, client: Client
 ) -> None:
     query(client, qbp_q23("FEED-1", IPP_A))
-    # A resend of FEED-1 under another name: answered, not processed again.
+    # Another message under FEED-1's key: refused as a duplicate key, not processed.
     again = client.exchange(adt("FEED-1", IPP_A, name="AUTRE^Nom^^^^^L"))
-    assert (again.value("MSA-1"), again.value("MSA-2")) == ("AA", "FEED-1")
+    assert (again.value("MSA-1"), again.value("MSA-2")) == ("AE", "FEED-1")
+    assert (again.value("ERR-2"), again.value("ERR-3")) == ("MSH", "205")
     with rt.db.session() as session:
         names = session.scalars(select(Patient.family_name)).all()
     assert sorted(n or "" for n in names) == ["DURAND", "MARTIN"]
