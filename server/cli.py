@@ -133,7 +133,6 @@ def retrieve(site_name: str, study_uid: str) -> None:
     series is asked for on several associations at once, within the site's
     free slots (SPIDERS_RETRIEVE_PARALLEL).
     """
-    # Imported before the runtime, so that the schema holds the permits' table.
     from ihe.dicom.admission import retrieve_permit
     from server.workflow.prefetch import retrieve_now
 

@@ -8,8 +8,9 @@ its study:
   site by :class:`~ihe.dicom.acceptance.CallerPolicy`) and that Study
   Instance UID is ``queued`` or ``running``, and the instance's PatientID is
   the candidate's ``patient_id_at_site`` (the patient the site was asked
-  for); or
-- ``spiders retrieve`` holds a :class:`RetrievePermit` for that site and
+  for) or an identifier that patient had at the site before an identifier
+  change; or
+- ``spiders retrieve`` holds a :class:`~server.models.RetrievePermit` for that site and
   study (:func:`retrieve_permit`), and the instance's PatientID is the one
   the cache already holds for the study, or with nothing held yet the one of
   the association's first instance of it.
@@ -32,9 +33,9 @@ site is sending still has the rest of that association's instances kept,
 and a study refused at the start of an association stays refused on it even
 if its prefetch is queued meanwhile. A permit does not name a patient: on a
 study the cache does not hold yet, two associations of one ``spiders
-retrieve`` each accept the PatientID of their own first instance. A site
-that keeps sending a patient's former identifier after an identifier change
-(HL7 A47) has its instances refused until discovery runs again.
+retrieve`` each accept the PatientID of their own first instance. After an
+identifier change (HL7 A47) a site may send the patient's former identifier
+or the new one: both are admitted.
 """
 
 from __future__ import annotations
@@ -47,13 +48,22 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 
-from sqlalchemy import Integer, String, delete, select, update
-from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session, sessionmaker
 
-from server.models import Base, CachedInstance, Candidate, Prefetch, PrefetchState
-from server.models.base import UTCDateTime, utcnow
+from server.models import (
+    CachedInstance,
+    Candidate,
+    PatientHistory,
+    Prefetch,
+    PrefetchState,
+    Registration,
+    RetrievePermit,
+    SiteRecord,
+)
+from server.models.base import utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -68,22 +78,6 @@ NOT_ASKED = "no retrieve asked this site for this study"
 OTHER_PATIENT = "PatientID is not the patient the study was asked for"
 
 PERMIT_SECONDS = 60
-
-
-class RetrievePermit(Base):
-    """A study ``spiders retrieve`` is asking a site for, while it runs.
-
-    The row lives as long as the retrieve, renewed every third of its
-    lifetime; a command that dies leaves a row that lapses at `expires_at`.
-    """
-
-    __tablename__ = "retrieve_permit"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    site_name: Mapped[str] = mapped_column(String(64))
-    study_uid: Mapped[str] = mapped_column(String(128), index=True)
-    holder: Mapped[str] = mapped_column(String(128))
-    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 @dataclass(frozen=True)
@@ -187,6 +181,7 @@ class StoreAdmission:
             ).all()
             if asked:
                 ids = {str(patient_id).strip() for _, patient_id in asked}
+                ids |= _former_ids(session, sites, study_uid)
                 return _Decision(str(asked[0][0]), patient_ids=ids)
             permitted = session.scalars(
                 select(RetrievePermit.site_name).where(
@@ -205,6 +200,25 @@ class StoreAdmission:
         if held is None:
             return _Decision(permitted, pin=True)
         return _Decision(permitted, patient_ids={str(held).strip()})
+
+
+def _former_ids(session: Session, sites: list[str], study_uid: str) -> set[str]:
+    """Identifiers the patients asked for had at these sites before an
+    identifier change (HL7 A47): a site may still send those."""
+    rows = session.scalars(
+        select(PatientHistory.old_value)
+        .join(Registration, Registration.patient_id == PatientHistory.patient_id)
+        .join(Prefetch, Prefetch.registration_id == Registration.id)
+        .join(SiteRecord, SiteRecord.name == Prefetch.site_name)
+        .where(
+            Prefetch.site_name.in_(sites),
+            Prefetch.study_uid == study_uid,
+            Prefetch.state.in_([str(state) for state in ASKING]),
+            PatientHistory.kind == "identifier-changed",
+            PatientHistory.system == SiteRecord.patient_id_domain,
+        )
+    ).all()
+    return {str(value).strip() for value in rows if value}
 
 
 @contextmanager

@@ -18,7 +18,7 @@ from server.models.audit import (
     AuditSearchKey,
 )
 from server.models.base import Base, new_id, utcnow
-from server.models.cache import CachedInstance
+from server.models.cache import CachedInstance, RetrievePermit
 from server.models.hl7 import Hl7Message, Hl7Outcome
 from server.models.patient import Patient, PatientHistory, PatientIdentifier
 from server.models.registration import (
@@ -52,6 +52,7 @@ __all__ = [
     "PrefetchSeries",
     "PrefetchState",
     "Registration",
+    "RetrievePermit",
     "SiteQuery",
     "SiteRecord",
     "SiteSlot",

@@ -1,4 +1,6 @@
-"""The cache index: one row per stored SOP instance.
+"""The cache index: one row per stored SOP instance; and the permits of the
+``spiders retrieve`` commands running, which let the cache keep what they
+ask for (:mod:`ihe.dicom.admission`).
 
 Study and series attributes are kept on every instance row so that the
 console's C-FIND at any level is one grouped query.
@@ -45,3 +47,19 @@ class CachedInstance(Base):
     series_number: Mapped[int | None] = mapped_column(Integer)
     series_description: Mapped[str | None] = mapped_column(String(128))
     instance_number: Mapped[int | None] = mapped_column(Integer)
+
+
+class RetrievePermit(Base):
+    """A study ``spiders retrieve`` is asking a site for, while it runs.
+
+    The row lives as long as the retrieve, renewed every third of its
+    lifetime; a command that dies leaves a row that lapses at `expires_at`.
+    """
+
+    __tablename__ = "retrieve_permit"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    site_name: Mapped[str] = mapped_column(String(64))
+    study_uid: Mapped[str] = mapped_column(String(128), index=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
