@@ -20,7 +20,8 @@ Limitations
 In enhanced mode (MSH-15/MSH-16 present) only the accept acknowledgement is
 sent (``CA``/``CE``/``CR``), after processing so that it carries the outcome;
 application acknowledgements (MSH-16) are never sent. The ACK is written with
-the default delimiters ``|^~\\&`` whatever the message used.
+the default delimiters ``|^~\\&`` whatever the message used, and without
+the NUL characters a refused header may have held.
 """
 
 from __future__ import annotations
@@ -184,7 +185,9 @@ def _text(
     now: datetime | None,
 ) -> str:
     def copy(n: int) -> str:
-        return er7.encode_field(msh.field(n)) if msh is not None else ""
+        # A NUL the message held is refused, never sent back.
+        text = er7.encode_field(msh.field(n)) if msh is not None else ""
+        return text.replace(er7.NUL, "")
 
     event = msh.value(9, 1, 2) if msh is not None else ""
     msh_12 = copy(12) if version is not None else DEFAULT_VERSION

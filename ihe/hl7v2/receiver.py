@@ -491,10 +491,19 @@ def _keys(msh: er7.Segment | None) -> tuple[str, str | None]:
     Raises
     ------
     MessageError
-        MSH-3, MSH-4 or MSH-10 longer than its HL7 v2.5 length (ERR-3 102).
+        MSH-3, MSH-4 or MSH-10 longer than its HL7 v2.5 length, or a NUL
+        character in the header, which no column can hold (ERR-3 102).
     """
     if msh is None:
         return "|", None
+    for n in range(1, msh.size + 1):
+        values = [s for rep in msh.field(n) for c in rep for s in c] if n > 2 else []
+        if er7.NUL in msh.raw(n) or any(er7.NUL in value for value in values):
+            raise MessageError(
+                "a field holds a NUL character, which no field may hold",
+                ErrorCode.DATA_TYPE_ERROR,
+                _at(n),
+            )
     for n in (3, 4):
         if len(msh.raw(n)) > MAX_HD:
             raise MessageError(
