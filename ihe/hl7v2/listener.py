@@ -4,7 +4,10 @@ Each accepted connection gets its own thread, which reads the stream, cuts it
 into frames (:class:`~ihe.hl7v2.mllp.FrameDecoder`) and hands the frames, one
 at a time and in order, to the frame handler; each answer is written back
 before the next frame of that connection is handled. Connections stay open
-until the peer closes them: senders usually keep one open and stream.
+until the peer closes them: senders usually keep one open and stream. A frame
+whose end block ``0x1C`` comes without its ``0x0D`` is answered after a short
+grace (:data:`~ihe.hl7v2.mllp.END_GRACE`) and logged at WARNING, rather than
+left waiting for the sender's timeout.
 
 With a TLS context the handshake happens in the connection's thread; a client
 CA in the context makes client certificates mandatory (mutual TLS, as an ATNA

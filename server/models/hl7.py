@@ -2,9 +2,10 @@
 
 A message is committed here before it is processed and before any
 acknowledgement leaves. The sender (``MSH-3|MSH-4``) and the control ID
-(MSH-10) are unique together: a message sent again with the same pair is a
-duplicate, answered with the acknowledgement already sent and not processed
-twice.
+(MSH-10) are unique together, and stored whole (a key longer than its column
+is refused by the receiver, never cut): the same message sent again under the
+same pair is answered with the acknowledgement already sent and not processed
+twice; another message under a pair already used is refused and not stored.
 
 Limitations
 -----------
