@@ -228,6 +228,8 @@ class Settings:
     mllp_host: str = "127.0.0.1"
     mllp_port: int = 2575
     mllp_max_frame: int = DEFAULT_MLLP_MAX_FRAME
+    mllp_max_connections: int = 64
+    mllp_idle_seconds: float = 3600.0
     mllp_tls_cert: Path | None = None
     mllp_tls_key: Path | None = None
     mllp_tls_client_ca: Path | None = None
@@ -458,6 +460,15 @@ def _mllp_settings(env: dict[str, str]) -> dict[str, Any]:
         raise ConfigurationError(
             f"SPIDERS_MLLP_MAX_FRAME must be at least {MIN_MLLP_MAX_FRAME} bytes"
         )
+    max_connections = _int(
+        opt("MLLP_MAX_CONNECTIONS") or 64, "SPIDERS_MLLP_MAX_CONNECTIONS"
+    )
+    idle = _float(opt("MLLP_IDLE_SECONDS") or 3600, "SPIDERS_MLLP_IDLE_SECONDS")
+    if max_connections < 1 or idle <= 0:
+        raise ConfigurationError(
+            "SPIDERS_MLLP_MAX_CONNECTIONS and SPIDERS_MLLP_IDLE_SECONDS must be "
+            "positive"
+        )
     host = opt("MLLP_HOST") or "127.0.0.1"
     insecure = _flag(env, "MLLP_ALLOW_UNAUTHENTICATED")
     if not _is_loopback(host) and client_ca is None and not insecure:
@@ -473,6 +484,8 @@ def _mllp_settings(env: dict[str, str]) -> dict[str, Any]:
         "mllp_host": host,
         "mllp_port": _int(opt("MLLP_PORT") or 2575, "SPIDERS_MLLP_PORT"),
         "mllp_max_frame": max_frame,
+        "mllp_max_connections": max_connections,
+        "mllp_idle_seconds": idle,
         "mllp_tls_cert": cert,
         "mllp_tls_key": key,
         "mllp_tls_client_ca": client_ca,

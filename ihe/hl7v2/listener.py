@@ -16,11 +16,19 @@ closed.
 
 Limitations
 -----------
+At most ``max_connections`` connections are served at once: one more is
+closed as soon as it is accepted, with a WARNING, so a sender that opens
+connections without end cannot exhaust the server's threads. A connection on
+which nothing arrives for ``idle_seconds`` is closed (a partial frame on it is
+dropped, with a WARNING); senders reconnect when they next have a message,
+as interface engines do.
+
+Limitations
+-----------
 MLLP carries no identity of its own: without a client CA, any host that
 reaches the port may send messages, which is why the default address is
-loopback. One thread per connection and no cap on connections; an idle
-connection is never closed by the listener. A failed TLS handshake is logged
-and reported to ``on_tls_failure`` (``spiders serve`` audits it as 110113).
+loopback. One thread per connection. A failed TLS handshake is logged and
+reported to ``on_tls_failure`` (``spiders serve`` audits it as 110113).
 """
 
 from __future__ import annotations
@@ -46,6 +54,10 @@ LOG_PARTIAL_DROPPED = "partial MLLP frame dropped at close"
 LOG_OUTSIDE_FRAMES = "bytes outside MLLP frames discarded"
 LOG_UNTERMINATED = "MLLP frame ended without 0x0D after 0x1C; taken as complete"
 LOG_TLS_FAILED = "TLS handshake failed"
+LOG_TOO_MANY = "MLLP connection refused: too many open"
+LOG_IDLE = "idle MLLP connection closed"
+DEFAULT_MAX_CONNECTIONS = 64
+DEFAULT_IDLE_SECONDS = 3600.0
 READ_SIZE = 65536
 BACKLOG = 64
 HANDSHAKE_TIMEOUT = 10.0
@@ -104,8 +116,12 @@ class MllpListener:
         max_frame: int,
         ssl_context: ssl.SSLContext | None = None,
         on_tls_failure: Callable[[str, str], None] | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        idle_seconds: float = DEFAULT_IDLE_SECONDS,
     ) -> None:
         self.handler = handler
+        self.max_connections = max_connections
+        self.idle_seconds = idle_seconds
         self.on_tls_failure = on_tls_failure
         self.host = host
         self.port = port
@@ -170,7 +186,16 @@ class MllpListener:
                 target=self._serve, args=(conn, peer), name=f"mllp-{peer}", daemon=True
             )
             with self._lock:
-                self._connections[conn] = thread
+                full = len(self._connections) >= self.max_connections
+                if not full:
+                    self._connections[conn] = thread
+            if full:
+                logger.warning(
+                    LOG_TOO_MANY, extra={"peer": peer, "open": self.max_connections}
+                )
+                _shutdown(conn)
+                conn.close()
+                continue
             thread.start()
 
     def _serve(self, conn: socket.socket, peer: str) -> None:
@@ -216,10 +241,14 @@ class MllpListener:
         decoder = FrameDecoder(self.max_frame)
         while True:
             # After a final 0x1C, the 0x0D gets a short grace (see mllp).
-            stream.settimeout(END_GRACE if decoder.awaiting_end else None)
+            awaiting_end = decoder.awaiting_end
+            stream.settimeout(END_GRACE if awaiting_end else self.idle_seconds)
             try:
                 data = stream.recv(READ_SIZE)
             except TimeoutError:
+                if not awaiting_end:
+                    logger.info(LOG_IDLE, extra={"peer": peer})
+                    break
                 items = decoder.flush()
             except OSError:
                 break

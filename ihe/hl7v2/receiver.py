@@ -149,6 +149,8 @@ def make_listener(
         max_frame=settings.mllp_max_frame,
         ssl_context=tls,
         on_tls_failure=on_tls_failure,
+        max_connections=settings.mllp_max_connections,
+        idle_seconds=settings.mllp_idle_seconds,
     )
 
 

@@ -7,6 +7,7 @@ import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from ihe.hl7v2 import er7, mllp
 from ihe.hl7v2.listener import MllpListener
@@ -91,14 +92,20 @@ def listening(
     max_frame: int = MAX_FRAME,
     tls: ssl.SSLContext | None = None,
     receiver: Receiver | None = None,
+    **options: Any,
 ) -> Iterator[int]:
-    """A listener over `rt` on an ephemeral loopback port; yields the port."""
+    """A listener over `rt` on an ephemeral loopback port; yields the port.
+
+    `options` go to :class:`MllpListener` (``max_connections``,
+    ``idle_seconds``).
+    """
     listener = MllpListener(
         receiver or Receiver(rt.db, rt.settings),
         "127.0.0.1",
         0,
         max_frame=max_frame,
         ssl_context=tls,
+        **options,
     )
     listener.start()
     try:

@@ -155,3 +155,31 @@ def test_listener_bytes_before_start_block_skipped(rt: Runtime) -> None:
         sock.close()
     assert isinstance(frames[0], bytes)
     assert ack_of(frames[0]).value("MSA-2") == "NOISE-1"
+
+
+def test_listener_connections_beyond_the_cap_closed_at_once(rt: Runtime) -> None:
+    with listening(rt, max_connections=2) as port:
+        held = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+        try:
+            time.sleep(0.2)  # both accepted and served
+            extra = socket.create_connection(("127.0.0.1", port), timeout=5)
+            with extra:
+                assert extra.recv(1) == b""  # closed without an answer
+        finally:
+            for sock in held:
+                sock.close()
+        time.sleep(0.2)
+        with Client(port) as client:  # room again once those closed
+            assert (
+                client.exchange(adt("CAP-1", "A1^^^H&2.999.3&ISO")).value("MSA-1")
+                == "AA"
+            )
+
+
+def test_listener_idle_connection_closed(rt: Runtime) -> None:
+    with listening(rt, idle_seconds=0.5) as port:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        with sock:
+            started = time.monotonic()
+            assert sock.recv(1) == b""
+            assert 0.4 < time.monotonic() - started < 4
