@@ -16,6 +16,7 @@ def test_load_settings_mllp_defaults(tmp_path: Path) -> None:
     assert settings.mllp_max_frame == 10 * 1024 * 1024
     assert settings.hl7_default_charset == "UNICODE UTF-8"
     assert settings.mllp_tls_cert is None and settings.mllp_tls_client_ca is None
+    assert (settings.mllp_max_connections, settings.mllp_idle_seconds) == (64, 3600.0)
 
 
 def test_load_settings_mllp_values_read(tmp_path: Path) -> None:
@@ -51,3 +52,22 @@ def test_load_settings_mllp_bad_value_names_the_variable(
 ) -> None:
     with pytest.raises(ConfigurationError, match=named):
         load_settings(env)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("SPIDERS_MLLP_MAX_CONNECTIONS", "0"), ("SPIDERS_MLLP_IDLE_SECONDS", "-1")],
+)
+def test_load_settings_mllp_limits_must_be_positive(
+    tmp_path: Path, name: str, value: str
+) -> None:
+    with pytest.raises(ConfigurationError, match="must be positive"):
+        load_settings({"SPIDERS_DATA_DIR": str(tmp_path), name: value})
+    read = load_settings(
+        {
+            "SPIDERS_DATA_DIR": str(tmp_path),
+            "SPIDERS_MLLP_MAX_CONNECTIONS": "8",
+            "SPIDERS_MLLP_IDLE_SECONDS": "90",
+        }
+    )
+    assert (read.mllp_max_connections, read.mllp_idle_seconds) == (8, 90.0)
