@@ -33,7 +33,7 @@ console = Console(stderr=True)
 REDRAW_SECONDS = 0.2
 
 
-def _runtime(quiet: bool = False) -> Runtime:
+def _runtime(quiet: bool = False, *, serving: bool = False) -> Runtime:
     """Settings, logging and the runtime; `quiet` keeps one-shot commands'
     output to warnings and their own lines."""
     try:
@@ -44,7 +44,9 @@ def _runtime(quiet: bool = False) -> Runtime:
 
     level = "WARNING" if quiet and settings.log_level == "INFO" else settings.log_level
     logging_setup.configure(level, settings.log_format)
-    rt = runtime.Runtime(settings)
+    # Only the serving processes write the sites file into the database; a
+    # tool run with another file must not change what they show.
+    rt = runtime.Runtime(settings, sync_sites=serving)
     runtime.install(rt)
     return rt
 
@@ -78,7 +80,7 @@ def serve(no_worker: bool) -> None:
     from server.serve import serve as run
 
     try:
-        status = run(_runtime(), with_worker=not no_worker)
+        status = run(_runtime(serving=True), with_worker=not no_worker)
     except (ConfigurationError, ValueError) as exc:
         _fail(str(exc))
     except OSError as exc:
@@ -99,7 +101,7 @@ def worker(concurrency: int | None) -> None:
 
     from server import tasks
 
-    rt = _runtime()
+    rt = _runtime(serving=True)
     app = tasks.configure(rt.settings)
     # Celery warns against root because of pickle; this app accepts JSON only.
     warnings.filterwarnings("ignore", category=SecurityWarning)
@@ -267,11 +269,15 @@ def status(as_json: bool) -> None:
                 if reg.meeting_start
                 else "no meeting time"
             )
-            state = registration_state(reg) + (" (late)" if reg.late_reason else "")
+            state = registration_state(reg)
+            pending = [c for c in reg.candidates if needs_review(c)]
+            if reg.late_reason:
+                state += " (was late)" if state == "ready" else " (late)"
+            if pending:
+                state += f"; {len(pending)} awaiting identity review"
             found = len(reg.candidates)
             sites = len({c.site_name for c in reg.candidates})
             selected = sum(1 for c in reg.candidates if c.prefetch)
-            pending = [c for c in reg.candidates if needs_review(c)]
             out.print(
                 f"[bold]case {reg.id[:8]}[/bold]  meeting {meeting}  {state}",
                 highlight=False,
@@ -310,6 +316,8 @@ def status(as_json: bool) -> None:
                 else:
                     images = f"{p.received_instances}/{p.expected_instances or '?'}"
                     what = p.state + (f": {p.reason}" if p.reason else "")
+                    if p.state == "scheduled":
+                        what += f", due {p.due_at:%Y-%m-%d %H:%M} UTC"
                 table.add_row(f"  {cand.site_name}", cand.study_uid[-12:], images, what)
             out.print(table, highlight=False)
             click.echo()
@@ -349,7 +357,11 @@ def sites() -> None:
 @sites.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def sites_list(as_json: bool) -> None:
-    """The sites as the database holds them (what every worker sees)."""
+    """The sites as the running server and workers last wrote them.
+
+    `spiders serve` and `spiders worker` write their sites file into the
+    database when they start; this command only reads it.
+    """
     import json
 
     from rich.table import Table

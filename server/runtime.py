@@ -26,10 +26,15 @@ class Runtime:
     ----------
     settings : Settings
         The configuration this process runs with.
+    sync_sites : bool
+        Write the sites file into the database when it is opened: what the
+        serving processes do at start. The command-line tools that only read
+        leave the table as the running processes wrote it.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, sync_sites: bool = True) -> None:
         self.settings = settings
+        self.sync_sites = sync_sites
 
     @cached_property
     def db(self) -> Database:
@@ -37,7 +42,7 @@ class Runtime:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         db = Database(self.settings.database_url)
         db.create_schema()
-        if self.settings.sites_file is not None:
+        if self.sync_sites and self.settings.sites_file is not None:
             site_directory.sync(db, self.settings.directory)
         return db
 

@@ -1,7 +1,9 @@
 """The sites file written into the database, so every process reads one directory.
 
-Each process that opens the database (``spiders serve``, every ``spiders
-worker``, the command-line tools) calls :func:`sync` with the sites it read:
+Each serving process (``spiders serve``, every ``spiders worker``) calls
+:func:`sync` with the sites it read when it starts; the command-line tools
+that only read (``spiders status``, ``spiders sites list``) do not, so one run
+with another sites file does not change what the others show:
 rows are created or updated to match the file, and sites no longer in the file
 are marked inactive rather than deleted. Two processes starting at once write
 the same values; the last write wins and both are equal.

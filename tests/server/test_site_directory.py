@@ -73,6 +73,7 @@ def test_site_dropped_from_the_file_stays_inactive(tmp_path: Path) -> None:
 
 
 def test_sites_list_json_hides_the_auth_header(tmp_path: Path) -> None:
+    Runtime(load_settings(env_for(tmp_path, SITES))).db.dispose()  # as serve does
     result = CliRunner().invoke(
         main, ["sites", "list", "--json"], env=env_for(tmp_path, SITES)
     )
@@ -82,3 +83,13 @@ def test_sites_list_json_hides_the_auth_header(tmp_path: Path) -> None:
     assert "c2VjcmV0" not in result.output
     assert data["ch-valmont"]["dicomweb_auth"] is False
     assert data["ch-valmont"]["max_associations"] == 2
+
+
+def test_sites_list_with_another_file_changes_nothing(tmp_path: Path) -> None:
+    Runtime(load_settings(env_for(tmp_path, SITES))).db.dispose()  # as serve does
+    only_valmont = SITES.split("  - name: ch-valmont")[1]
+    other = env_for(tmp_path, "sites:\n  - name: ch-valmont" + only_valmont)
+    result = CliRunner().invoke(main, ["sites", "list", "--json"], env=other)
+    assert result.exit_code == 0, result.output
+    shown = {row["name"]: row["active"] for row in json.loads(result.output)}
+    assert shown == {"chu-nord": True, "ch-valmont": True}

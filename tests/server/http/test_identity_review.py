@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -177,6 +178,9 @@ def test_cli_status_shows_the_study_awaiting_review(rt: Runtime) -> None:
     assert "  3 studies found at 1 site(s), 1 selected, 2 awaiting identity review" in (
         lines
     )
+    assert lines[0].endswith("  prefetching; 2 awaiting identity review")
+    (scheduled,) = [x.rstrip() for x in lines if " 1.2.1 " in x]
+    assert re.search(r" 0/10 +scheduled, due \d{4}-\d\d-\d\d \d\d:\d\d UTC$", scheduled)
     flagged = [x for x in lines if "identity review:" in x]
     assert [x.split()[1] for x in flagged] == ["1.2.2", "1.2.3"]
     words = " ".join(result.output.split())

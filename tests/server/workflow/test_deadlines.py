@@ -247,3 +247,20 @@ def test_cli_status_prints_the_late_reason(rt: Runtime) -> None:
     assert result.exit_code == 0, result.output
     assert f"  late: {REASON}" in result.output.splitlines()
     assert "partial (late)" in result.output
+
+
+def test_cli_status_case_ready_after_being_late(rt: Runtime) -> None:
+    from server.cli import main
+
+    seed(rt, partial=False)
+    with rt.db.session() as session:
+        reg = session.get(Registration, "r1")
+        assert reg is not None
+        reg.late_reason = REASON
+    result = CliRunner().invoke(
+        main,
+        ["status"],
+        env={"SPIDERS_DATA_DIR": str(rt.settings.data_dir), "COLUMNS": "200"},
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0].endswith("  ready (was late)")
