@@ -21,6 +21,7 @@ from server.models import (
     PrefetchState,
     Registration,
 )
+from server.workflow.vigilance import needs_review
 
 # PrefetchState → FHIR R4 Task.status (http://hl7.org/fhir/R4/valueset-task-status.html)
 TASK_STATUS = {
@@ -146,6 +147,8 @@ def registration_json(
         "identitySource": registration.identity_source,
         "deadline": deadline.isoformat() if deadline else None,
         "late": registration.late_reason,
+        # "ready" speaks of the studies selected; these wait for a person.
+        "awaitingReview": sum(1 for c in registration.candidates if needs_review(c)),
         "sites": [
             {
                 "site": q.site_name,

@@ -75,6 +75,7 @@ def test_flagged_study_not_selected_until_confirmed(
     seed(rt)
     body = client.get("/api/registrations/r1").get_json()
     assert selected(body) == [1]
+    assert body["awaitingReview"] == 2
     assert body["candidates"][1]["identityReview"]["state"] == "pending"
     rsp = client.put(
         "/api/registrations/r1/selection",
@@ -90,6 +91,7 @@ def test_flagged_study_not_selected_until_confirmed(
     assert rsp.status_code == 200
     body = rsp.get_json()
     assert selected(body) == [1, 2]
+    assert body["awaitingReview"] == 1
     assert body["candidates"][1]["prefetch"]["state"] == "scheduled"
     decided = body["candidates"][1]["identityReview"]
     assert (decided["state"], decided["by"], decided["note"]) == (
