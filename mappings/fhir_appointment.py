@@ -18,6 +18,7 @@ identifier with system ``urn:dicom:uid``; accession numbers from
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -96,6 +97,15 @@ def parse_appointment(data: Any) -> RegistrationRequest:
         for name in ("start", "end")
         if name in data and not isinstance(data[name], str)
     ]
+    # The most common mistake, named as such rather than by the model's regex.
+    not_text += [
+        (
+            f"Appointment.{name}",
+            "an instant needs its time and UTC offset (2030-04-02T14:30:00+02:00)",
+        )
+        for name in ("start", "end")
+        if isinstance(data.get(name), str) and not _INSTANT_END.search(data[name])
+    ]
     if not_text:
         raise InvalidResource("the Appointment does not conform to FHIR R4", not_text)
     try:
@@ -142,6 +152,9 @@ def parse_appointment(data: Any) -> RegistrationRequest:
         study_uids=_study_hints(appt),
     )
 
+
+# An instant ends with a time and its offset (FHIR R4 instant).
+_INSTANT_END = re.compile(r"T\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")
 
 # Meetings outside these years are typing errors, and near the ends of the
 # calendar a time-zone conversion overflows.
