@@ -147,7 +147,19 @@ class RetrieveOutcome:
         }.get(self.outcome, self.outcome)
         if self.error_comment:
             text += f": {self.error_comment}"
-        return text + code
+        text += code
+        # Orthanc 1.10, among others, answers a C-MOVE to an unknown
+        # destination with 0xC000 rather than 0xA801.
+        if (
+            self.outcome == "unable_to_process"
+            and self.status is not None
+            and self.completed in (None, 0)
+        ):
+            text += (
+                "; if the site never sends anything, check that it knows this "
+                "cache's AE title, host and port as a move destination"
+            )
+        return text
 
 
 # The name this class had when C-MOVE was the only transport.

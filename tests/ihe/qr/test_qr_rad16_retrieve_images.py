@@ -28,7 +28,12 @@ from pynetdicom.events import Event
 from pynetdicom.transport import ThreadedAssociationServer
 
 from ihe.dicom.sop_classes import StudyRootQueryRetrieveInformationModelMove
-from ihe.qr.rad16_retrieve_images import MoveOutcome, classify, move_study
+from ihe.qr.rad16_retrieve_images import (
+    MoveOutcome,
+    RetrieveOutcome,
+    classify,
+    move_study,
+)
 from tests.ihe.dicom.dicom_support import (
     SECONDARY_CAPTURE,
     CacheServer,
@@ -280,7 +285,9 @@ def test_move_study_m6_c001_unable_to_process_with_error_comment(
     assert result.error_comment == case["expected"]["error_comment_reported"]
     assert result.error_comment == "Unable to process"
     assert result.reason == (
-        "the site could not process the retrieve: Unable to process (0xC001)"
+        "the site could not process the retrieve: Unable to process (0xC001); if "
+        "the site never sends anything, check that it knows this cache's AE "
+        "title, host and port as a move destination"
     )
 
 
@@ -310,3 +317,41 @@ def test_move_study_closed_port_association_aborted(c14: dict[str, Any]) -> None
 )
 def test_classify_final_status_outcome(code: int, outcome: str) -> None:
     assert classify(code) == outcome
+
+
+NOTHING_SENT_HINT = (
+    "; if the site never sends anything, check that it knows this cache's AE "
+    "title, host and port as a move destination"
+)
+
+
+@pytest.mark.parametrize(
+    ("outcome", "expected"),
+    [
+        # Orthanc 1.10's answer to an unknown move destination.
+        (
+            RetrieveOutcome("unable_to_process", status=0xC000, completed=0),
+            "the site could not process the retrieve (0xC000)" + NOTHING_SENT_HINT,
+        ),
+        (
+            RetrieveOutcome("unable_to_process", status=0xA702),
+            "the site could not process the retrieve (0xA702)" + NOTHING_SENT_HINT,
+        ),
+        (
+            RetrieveOutcome("unable_to_process", status=0xC000, completed=3),
+            "the site could not process the retrieve (0xC000)",
+        ),
+        (
+            RetrieveOutcome("unable_to_process", http_status=503),
+            "the site could not process the retrieve (HTTP 503)",
+        ),
+        (
+            RetrieveOutcome("association_aborted", completed=0),
+            "the association was aborted or timed out",
+        ),
+    ],
+)
+def test_retrieve_outcome_reason_nothing_sent_hint_only_after_dimse_failure(
+    outcome: RetrieveOutcome, expected: str
+) -> None:
+    assert outcome.reason == expected
