@@ -59,7 +59,7 @@ def is_uid(value: str) -> bool:
 
 
 def _fail(message: str, status: int = 2) -> NoReturn:
-    console.print(f"[red]error:[/red] {message}")
+    console.print(f"[red]error:[/red] {message}", soft_wrap=True, highlight=False)
     sys.exit(status)
 
 
@@ -84,7 +84,7 @@ def serve(no_worker: bool) -> None:
     except (ConfigurationError, ValueError) as exc:
         _fail(str(exc))
     except OSError as exc:
-        _fail(f"cannot listen: {exc} (is another server using the port?)")
+        _fail(f"cannot listen on {exc.strerror or exc} (is another server using it?)")
     sys.exit(status)
 
 

@@ -572,7 +572,10 @@ def load_directory(path: Path) -> Directory:
 def _site(item: Any, index: int) -> Site:
     where = f"sites[{index}]"
     data = _mapping(
-        item, where, ("name", "ae_title", "host", "port", "patient_id_domain")
+        item,
+        where,
+        ("name", "ae_title", "host", "port", "patient_id_domain"),
+        SITE_KEYS,
     )
     domain = str(data["patient_id_domain"]).removeprefix("urn:oid:")
     if not _OID.match(domain):
@@ -726,7 +729,7 @@ def _site_tls(value: Any, where: str) -> dict[str, Path | None]:
 
 def _console(item: Any, index: int) -> Console:
     where = f"consoles[{index}]"
-    data = _mapping(item, where, ("name", "ae_title", "host", "port"))
+    data = _mapping(item, where, ("name", "ae_title", "host", "port"), CONSOLE_KEYS)
     _check_ae_title(str(data["ae_title"]), f"{where}.ae_title")
     return Console(
         name=str(data["name"]),
@@ -736,9 +739,38 @@ def _console(item: Any, index: int) -> Console:
     )
 
 
-def _mapping(item: Any, where: str, required: tuple[str, ...]) -> dict[str, Any]:
+SITE_KEYS = (
+    "name",
+    "ae_title",
+    "host",
+    "port",
+    "patient_id_domain",
+    "query",
+    "query_model",
+    "retrieve",
+    "dicomweb",
+    "max_associations",
+    "timeout",
+    "maintenance",
+    "timezone",
+    "bandwidth_mbps",
+    "tls",
+)
+CONSOLE_KEYS = ("name", "ae_title", "host", "port")
+
+
+def _mapping(
+    item: Any, where: str, required: tuple[str, ...], known: tuple[str, ...]
+) -> dict[str, Any]:
     if not isinstance(item, dict):
         raise ConfigurationError(f"{where} must be a mapping")
+    unknown = sorted(str(key) for key in item if key not in known)
+    if unknown:
+        # A misspelt key would otherwise read as a missing one, or be ignored.
+        raise ConfigurationError(
+            f"{where} has unknown key(s) {', '.join(unknown)} "
+            f"(known: {', '.join(known)})"
+        )
     missing = [key for key in required if item.get(key) in (None, "")]
     if missing:
         raise ConfigurationError(f"{where} lacks {', '.join(missing)}")

@@ -39,7 +39,7 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from cheroot import wsgi
 from cheroot.ssl.builtin import BuiltinSSLAdapter
@@ -82,6 +82,8 @@ from server.http.app import create_app
 from server.runtime import Runtime
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 DISPATCH_INTERVAL = 2.0
 LISTENER_STOP_TIMEOUT = 10.0
@@ -315,9 +317,9 @@ def serve(
         )
     with rt.db.session() as session:
         audit.application(session, settings, started=True)
-    dicom, listeners = _start_listeners(rt)
-    mllp = start_mllp(rt)
-    http = start_http(rt)
+    dicom, listeners = _on_port("DICOM", settings.dicom_port, _start_listeners, rt)
+    mllp = _on_port("MLLP", settings.mllp_port, start_mllp, rt)
+    http = _on_port("HTTP", settings.http_port, start_http, rt)
     if with_worker:
         # The embedded worker is the only one: what it was running when the
         # previous process stopped will never finish unless sent again.
@@ -345,6 +347,14 @@ def serve(
     finally:
         status = _shutdown(rt, services)
     return status
+
+
+def _on_port(what: str, port: int, start: Callable[[Runtime], T], rt: Runtime) -> T:
+    """`start(rt)`, its bind error naming the listener and its port."""
+    try:
+        return start(rt)
+    except OSError as exc:
+        raise OSError(exc.errno, f"{what} port {port}: {exc.strerror or exc}") from exc
 
 
 def _start_listeners(
