@@ -11,6 +11,8 @@ PID-5      names: type ``D`` (nom d'usage) is the used name, else ``L``; the
 PID-7      birth date (DTM, day precision or better)
 PID-8      administrative sex, table 0001 (``A`` read as ``O``, ``N`` as
            ``U``)
+PID-30     patient death indicator, table 0136: checked (``Y``, ``N`` or
+           empty), not kept
 PID-32     identity reliability codes (French RNIV): one status among
            ``PROV``, ``RECUP``, ``VALI``, ``QUAL`` and any attributes
 MRG-1      the prior (absorbed) identifiers of a merge or identifier change
@@ -23,7 +25,11 @@ index keeps each name, and its folded form, in 200 characters.
 Limitations
 -----------
 Addresses, telecoms, mother's maiden name and PD1 are not read. A PID-32
-code outside the French table is refused (ERR-3 103) rather than stored.
+code outside the French table is refused (ERR-3 103) rather than stored. A
+PID-30 value other than ``Y`` or ``N`` is refused the same way (ERR-3 103 at
+``PID^1^30``): an identity status sent there by mistake would otherwise be
+lost, and the INS it qualifies left unlinked. The death indicator and date
+(PID-29) are not kept: a deceased patient is indexed like any other.
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ from mappings.identifiers import authority_to_system
 from server.errors import MessageError
 
 V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
+# HL7 table 0136 (yes/no indicator), the values of PID-30.
+YES_NO = frozenset({"Y", "N"})
 # HL7 table 0001 → the patient index's sex codes.
 SEX = {"F": "F", "M": "M", "O": "O", "U": "U", "A": "O", "N": "U"}
 USED_NAME = "D"
@@ -106,6 +114,7 @@ def read_pid(msg: Message) -> PidPatient:
         names[0] if names else None
     )
     birth = _first(names, BIRTH_NAME_TYPES)
+    _check_death_indicator(pid.value(30))
     status, attributes = _reliability(pid)
     record = PatientRecord(
         identifiers=tuple(cx.identifier() for cx in cxs),
@@ -246,6 +255,23 @@ def _sex(value: str) -> str | None:
             ("PID", 1, 8),
         )
     return SEX[code]
+
+
+def _check_death_indicator(value: str) -> None:
+    """Refuse a PID-30 outside table 0136; HL7's explicit null ``""`` is empty."""
+    code = value.strip().upper()
+    if code in ("", '""') or code in YES_NO:
+        return
+    hint = (
+        ": identity reliability codes belong in PID-32"
+        if code in IDENTITY_STATUS or code in IDENTITY_ATTRIBUTES
+        else ""
+    )
+    raise MessageError(
+        f"patient death indicator (PID-30) is not Y or N (HL7 table 0136){hint}",
+        ErrorCode.TABLE_VALUE_NOT_FOUND,
+        ("PID", 1, 30),
+    )
 
 
 def _reliability(pid: Segment) -> tuple[str | None, tuple[str, ...] | None]:

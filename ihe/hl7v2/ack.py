@@ -7,7 +7,10 @@ the event in MSH-9 (``ACK^S12^ACK``). MSA-1 is the acknowledgement code and
 MSA-2 the received MSH-10. Every error is one ERR segment: ERR-2 its location
 (ERL ``SEG^seq^field^rep^comp^sub``), ERR-3 the table 0357 code, ERR-4 the
 severity and ERR-8 a sentence for the sender; for v2.3 and v2.4 messages the
-older ERR-1 (ELD) is written as well.
+older ERR-1 (ELD) is written as well. An ``AA`` may carry ERR segments too:
+warnings (``W``) and information (``I``) about a message accepted, with
+ERR-3 0 (message accepted), as the HL7 v2.5 ERR segment allows (ERR-4,
+table 0516).
 
 :func:`for_exception` is the one place where an exception becomes an answer:
 ``MessageRejected`` gives ``AR``, other ``MessageError`` ``AE`` with their
@@ -29,12 +32,12 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from ihe.hl7v2 import er7
 from ihe.hl7v2.application import ApplicationRuleError
+from ihe.hl7v2.application import ErrorDetail as ErrorDetail  # ack.ErrorDetail
 from ihe.hl7v2.codes import (
     APPLICATION_ERROR_CODE_SYSTEM,
     CHARSETS,
@@ -42,9 +45,7 @@ from ihe.hl7v2.codes import (
     ERROR_CODE_SYSTEM,
     AckCode,
     AckCondition,
-    ApplicationErrorCode,
     ErrorCode,
-    Severity,
 )
 from server.errors import (
     Conflict,
@@ -60,32 +61,6 @@ logger = logging.getLogger(__name__)
 ACK = "ACK"
 DEFAULT_VERSION = "2.5"
 PARIS = ZoneInfo("Europe/Paris")
-
-
-@dataclass(frozen=True)
-class ErrorDetail:
-    """One ERR segment.
-
-    Parameters
-    ----------
-    code : ErrorCode
-        ERR-3, HL7 table 0357.
-    location : tuple of str or int
-        ERR-2: segment ID, sequence, field, repetition, component,
-        subcomponent; as many as known.
-    message : str
-        ERR-8, for the sender's operators; never patient data.
-    severity : Severity
-        ERR-4, HL7 table 0516.
-    application : ApplicationErrorCode, optional
-        ERR-5, the application's own code for the error.
-    """
-
-    code: ErrorCode
-    location: tuple[str | int, ...] = ()
-    message: str = ""
-    severity: Severity = Severity.ERROR
-    application: ApplicationErrorCode | None = None
 
 
 def for_exception(exc: BaseException) -> tuple[AckCode, ErrorDetail]:

@@ -11,6 +11,11 @@ A refusal that no table 0357 code names (a PID whose demographics disagree
 with the patient index) is an :class:`ApplicationRuleError`: ERR-3 207 with the
 application error code in ERR-5, as the French CI-SIS profiles answer it.
 
+A message accepted with something the sender should know (an INS kept
+without linking) is answered ``AA`` with ERR segments of severity ``W`` or
+``I`` (ERR-4, HL7 table 0516) and ERR-3 0 (message accepted): the handler
+returns them in :attr:`Outcome.warnings` as :class:`ErrorDetail` values.
+
 Limitations
 -----------
 A handler sees one message at a time and cannot answer with anything but the
@@ -25,7 +30,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
-from ihe.hl7v2.codes import ApplicationErrorCode, ErrorCode
+from ihe.hl7v2.codes import ApplicationErrorCode, ErrorCode, Severity
 from ihe.hl7v2.er7 import Message
 from server.config import Settings
 from server.errors import MessageError
@@ -53,6 +58,32 @@ class Context:
 
 
 @dataclass(frozen=True)
+class ErrorDetail:
+    """One ERR segment.
+
+    Parameters
+    ----------
+    code : ErrorCode
+        ERR-3, HL7 table 0357.
+    location : tuple of str or int
+        ERR-2: segment ID, sequence, field, repetition, component,
+        subcomponent; as many as known.
+    message : str
+        ERR-8, for the sender's operators; never patient data.
+    severity : Severity
+        ERR-4, HL7 table 0516.
+    application : ApplicationErrorCode, optional
+        ERR-5, the application's own code for the error.
+    """
+
+    code: ErrorCode
+    location: tuple[str | int, ...] = ()
+    message: str = ""
+    severity: Severity = Severity.ERROR
+    application: ApplicationErrorCode | None = None
+
+
+@dataclass(frozen=True)
 class Outcome:
     """What a handler did, for the message store and the log.
 
@@ -64,10 +95,14 @@ class Outcome:
     dispatch : bool
         True when work is waiting for the task queue (a new or rescheduled
         registration): the receiver dispatches it once the ACK is sent.
+    warnings : tuple of ErrorDetail
+        ERR segments of severity ``W`` or ``I`` (ERR-3 0) sent with the
+        ``AA``: what was accepted but not done as the sender may expect.
     """
 
     detail: str
     dispatch: bool = False
+    warnings: tuple[ErrorDetail, ...] = ()
 
 
 class ApplicationRuleError(MessageError):

@@ -14,7 +14,9 @@ as the transaction its version implies. A merge whose MRG-1 names the same
 identifier as PID-3 is refused before anything changes (``AE``, ERR-2
 ``MRG^1^1``, ERR-3 205); so is the inverse of a merge already made. A merge
 writes a Patient Record audit message (110110) for the survivor (``U``) and
-for the absorbed patient (``D``).
+for the absorbed patient (``D``). A28, A31 and A40 tell of an INS kept
+without linking as ITI-8 does (``AA`` with an ERR ``W`` or ``I`` at
+``PID^1^32``).
 
 Limitations
 -----------
@@ -80,7 +82,7 @@ def handle_merge(session: Session, msg: Message, ctx: Context) -> Outcome:
             ("MRG", 1, 1),
         )
     absorbed_cx = audit.patient_cx(absorbed_patient)
-    feed_patient(session, msg, ctx, transaction)
+    fed = feed_patient(session, msg, ctx, transaction)
     try:
         result = patient_index.merge(session, survivor, absorbed)
     except (IdentityError, UnknownReference) as exc:
@@ -88,7 +90,9 @@ def handle_merge(session: Session, msg: Message, ctx: Context) -> Outcome:
             str(exc), ErrorCode.DUPLICATE_KEY_IDENTIFIER, ("MRG", 1, 1)
         ) from exc
     if result.absorbed is None:
-        return Outcome(f"patient {result.survivor.id}: merge already made")
+        return Outcome(
+            f"patient {result.survivor.id}: merge already made", warnings=fed.warnings
+        )
     identity_changes.after_merge(
         session, ctx.settings, result.survivor, result.absorbed.id
     )
@@ -101,7 +105,10 @@ def handle_merge(session: Session, msg: Message, ctx: Context) -> Outcome:
         message_id=msg.control_id,
         patient_cx=absorbed_cx,
     )
-    return Outcome(f"patient {result.absorbed.id} merged into {result.survivor.id}")
+    return Outcome(
+        f"patient {result.absorbed.id} merged into {result.survivor.id}",
+        warnings=fed.warnings,
+    )
 
 
 def handle_change_identifier(session: Session, msg: Message, ctx: Context) -> Outcome:

@@ -13,6 +13,29 @@ Every feed writes a Patient Record audit message (110110, DIGEST 7.3): action
 ``C`` for a new patient, ``U`` for an update, with the sender ``MSH-3|MSH-4``
 as source and MSH-10 as detail.
 
+An INS (PID-3 under an INS-NIR or INS-NIA authority) links records only
+under the identity status VALI or QUAL and without the attribute FICT or
+DOUT (:func:`ihe.pix.patient_index.ins_links`). Otherwise it is kept on the
+patient without linking, and the ``AA`` says so in one ERR segment at
+``PID^1^32`` with ERR-3 ``0`` (message accepted):
+
+==========================  ======  ===========================================
+PID-32                      ERR-4   ERR-8
+==========================  ======  ===========================================
+no identity status          ``W``   INS kept without linking: PID-32 carries no
+                                    identity status (VALI or QUAL links it)
+``PROV`` or ``RECUP``       ``I``   INS kept without linking: identity status
+                                    PROV (VALI or QUAL links it)
+``FICT`` or ``DOUT``        ``I``   INS kept without linking: identity marked
+                                    FICT (a fictitious or doubtful identity
+                                    links nothing)
+==========================  ======  ===========================================
+
+A missing status is a warning (table 0516 ``W``): the sender most likely
+meant to send one, and the INS then resolves nothing in PIX queries. A
+provisional, recovered, fictitious or doubtful identity is information
+(``I``): the sender said so, and not linking is the rule it expects.
+
 Limitations
 -----------
 Movements (ZBE, PV1) are not recorded; an A11-A13 cancellation does not undo
@@ -28,11 +51,12 @@ from sqlalchemy.orm import Session
 
 from ihe.atna import messages, outbox
 from ihe.atna.codes import Code, CodedEnum, EventTypeCode
-from ihe.hl7v2.application import Context, Handler, Outcome
-from ihe.hl7v2.codes import ErrorCode
+from ihe.hl7v2.application import Context, ErrorDetail, Handler, Outcome
+from ihe.hl7v2.codes import ErrorCode, Severity
 from ihe.hl7v2.er7 import Message
 from ihe.pix import patient_index
 from mappings import hl7_pid
+from mappings.fhir_patient import PatientRecord
 from server import audit
 from server.errors import IdentityError, MessageError
 from server.models import Patient
@@ -42,6 +66,17 @@ logger = logging.getLogger(__name__)
 
 FEED_EVENTS = ("A01", "A04", "A05", "A08")
 MOVEMENT_EVENTS = ("A02", "A03", "A06", "A07", "A11", "A12", "A13")
+# ERR-8 of an INS kept without linking, by reason.
+INS_HELD = "INS kept without linking"
+INS_WITHOUT_STATUS = (
+    f"{INS_HELD}: PID-32 carries no identity status (VALI or QUAL links it)"
+)
+INS_STATUS_NOT_TRUSTED = f"{INS_HELD}: identity status {{}} (VALI or QUAL links it)"
+INS_IDENTITY_MARKED = (
+    f"{INS_HELD}: identity marked {{}} "
+    "(a fictitious or doubtful identity links nothing)"
+)
+RELIABILITY = ("PID", 1, 32)
 
 
 def handle_feed(session: Session, msg: Message, ctx: Context) -> Outcome:
@@ -81,7 +116,33 @@ def feed_patient(
         message_id=msg.control_id,
     )
     verb = "created" if result.created else "updated"
-    return Outcome(f"patient {patient.id} {verb}")
+    return Outcome(f"patient {patient.id} {verb}", warnings=ins_warnings(pid.record))
+
+
+def ins_warnings(record: PatientRecord) -> tuple[ErrorDetail, ...]:
+    """The ERR segment telling why the record's INS links nothing, if it does not.
+
+    Returns
+    -------
+    tuple of ErrorDetail
+        Empty when the record has no INS or its INS links; else one ERR at
+        ``PID^1^32``, ERR-3 0, severity ``W`` (no status) or ``I``.
+    """
+    has_ins = any(i.is_ins for i in record.identifiers)
+    if not has_ins or patient_index.ins_links(record):
+        return ()
+    status = record.identity_status
+    marked = sorted(
+        set(record.identity_attributes or ()) & patient_index.UNLINKABLE_ATTRIBUTES
+    )
+    if status is None:
+        message, severity = INS_WITHOUT_STATUS, Severity.WARNING
+    elif status not in patient_index.TRUSTED_INS_STATUSES:
+        message, severity = INS_STATUS_NOT_TRUSTED.format(status), Severity.INFORMATION
+    else:
+        message = INS_IDENTITY_MARKED.format(" and ".join(marked))
+        severity = Severity.INFORMATION
+    return (ErrorDetail(ErrorCode.MESSAGE_ACCEPTED, RELIABILITY, message, severity),)
 
 
 def audit_feed(

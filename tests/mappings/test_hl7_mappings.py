@@ -157,3 +157,34 @@ def test_read_pid_birth_place_bdl_insee_code_then_pid23(
     ).encode()
     pid = hl7_pid.read_pid(er7.parse_bytes(raw, "UNICODE UTF-8"))
     assert pid.record.birth_place == expected
+
+
+@pytest.mark.parametrize(
+    ("pid30", "message"),
+    [
+        (
+            "VALI",
+            "patient death indicator (PID-30) is not Y or N (HL7 table 0136): "
+            "identity reliability codes belong in PID-32",
+        ),
+        ("YES", "patient death indicator (PID-30) is not Y or N (HL7 table 0136)"),
+    ],
+)
+def test_read_pid_death_indicator_outside_table_0136_raises_103_at_pid30(
+    pid30: str, message: str
+) -> None:
+    text = "MSH|^~\\&|GAM|CHU_X|SPIDERS|RCP|20250317||ADT^A28^ADT_A05|M-1|P|2.5\r"
+    text += "PID|1||A1^^^CHU_X&2.999.1.1&ISO^PI||DUPONT^Marie||19700101|F"
+    text += "|" * 22 + pid30 + "\r"
+    with pytest.raises(MessageError) as raised:
+        hl7_pid.read_pid(er7.parse(text))
+    assert (raised.value.code, raised.value.location) == (103, ("PID", 1, 30))
+    assert str(raised.value) == message
+
+
+@pytest.mark.parametrize("pid30", ["Y", "N", "", '""'])
+def test_read_pid_death_indicator_y_n_or_empty_read(pid30: str) -> None:
+    text = "MSH|^~\\&|GAM|CHU_X|SPIDERS|RCP|20250317||ADT^A28^ADT_A05|M-1|P|2.5\r"
+    text += "PID|1||A1^^^CHU_X&2.999.1.1&ISO^PI||DUPONT^Marie||19700101|F"
+    text += "|" * 22 + pid30 + "||VALI\r"
+    assert hl7_pid.read_pid(er7.parse(text)).record.identity_status == "VALI"

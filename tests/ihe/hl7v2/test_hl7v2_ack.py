@@ -150,3 +150,35 @@ def test_for_exception_maps_error_tree_to_ack(
     ack_code, detail = ack.for_exception(exc)
     assert (ack_code.value, int(detail.code)) == (code, error)
     assert "boom" not in detail.message
+
+
+def test_build_accept_with_warning_writes_err_w_with_code_0() -> None:
+    warning = ack.ErrorDetail(
+        ErrorCode.MESSAGE_ACCEPTED,
+        ("PID", 1, 32),
+        "INS kept without linking",
+        Severity.WARNING,
+    )
+    text = ack.build(
+        header(), AckCode.APPLICATION_ACCEPT, [warning], version="2.5", now=NOW
+    ).decode("ascii")
+    assert text.split("\r")[1:] == [
+        "MSA|AA|M-1|INS kept without linking",
+        "ERR||PID^1^32|0^Message accepted^HL70357|W||||INS kept without linking",
+        "",
+    ]
+
+
+def test_build_enhanced_accept_with_information_commit_ca_keeps_err_i() -> None:
+    info = ack.ErrorDetail(
+        ErrorCode.MESSAGE_ACCEPTED, ("PID", 1, 32), "kept", Severity.INFORMATION
+    )
+    msh = header(extra="|||AL|NE")
+    text = ack.build(msh, AckCode.APPLICATION_ACCEPT, [info], version="2.5")
+    msg = er7.parse_bytes(text, "UNICODE UTF-8")
+    assert (msg.value("MSA-1"), msg.value("ERR-3"), msg.value("ERR-4")) == (
+        "CA",
+        "0",
+        "I",
+    )
+    assert ack.wanted(msh, AckCode.APPLICATION_ACCEPT)
