@@ -24,7 +24,10 @@ An empty value, on either side, is no disagreement. The refusal is ``AE``
 with ERR-2 the first field that disagrees (``PID^1^5^1^1`` family name,
 ``PID^1^5^1^2`` given names, ``PID^1^7``, ``PID^1^8``), ERR-3 207 and ERR-5
 904 (:class:`~ihe.hl7v2.codes.ApplicationErrorCode`); ERR-8 names every field
-that disagrees, never their values.
+that disagrees, never their values: "The birth date (PID-7) of PID differs
+from the patient index for the patient PID-3 names; nothing was changed:
+correct the message, or update the patient (ADT) first" (``differ`` for the
+given names or several fields).
 
 Table 0357 has no code for "the record's data contradict the key": 204
 (unknown key) would tell the sender PID-3 is unknown, which it is not, and
@@ -62,6 +65,8 @@ GIVEN = "the given names (PID-5.2, PID-5.3)"
 BIRTH_DATE = "the birth date (PID-7)"
 SEX = "the sex (PID-8)"
 _ORDER = [FAMILY, GIVEN, BIRTH_DATE, SEX]
+# The one field named in the plural: the verb agrees with it.
+_PLURAL = frozenset({GIVEN})
 
 
 def check(patient: Patient, pid: PidPatient) -> None:
@@ -77,9 +82,9 @@ def check(patient: Patient, pid: PidPatient) -> None:
         return
     fields = sorted({what for what, _ in found}, key=_ORDER.index)
     raise ApplicationRuleError(
-        f"{_listed(fields)} of PID differ from the patient index for the patient "
-        "PID-3 names; nothing was changed: correct the message, or update the "
-        "patient (ADT) first",
+        f"{_listed(fields)} of PID {_differ(fields)} from the patient index for "
+        "the patient PID-3 names; nothing was changed: correct the message, or "
+        "update the patient (ADT) first",
         ApplicationErrorCode.DEMOGRAPHICS_DIFFER,
         found[0][1],
     )
@@ -111,6 +116,12 @@ def disagreements(patient: Patient, pid: PidPatient) -> list[tuple[str, Location
     if all(s in KNOWN_SEXES for s in sexes) and record.sex != patient.sex:
         found.append((SEX, ("PID", 1, 8)))
     return found
+
+
+def _differ(fields: list[str]) -> str:
+    """The verb agreeing with `fields`: one field in the singular takes "differs"."""
+    plural = len(fields) > 1 or fields[0] in _PLURAL
+    return "differ" if plural else "differs"
 
 
 def _listed(items: list[str]) -> str:

@@ -191,3 +191,40 @@ def test_swf_orm_for_unindexed_patient_still_acknowledged_aa(
     other = omi("OMI-3", SIU_PID).replace(b"A700^^^", b"Z999^^^")
     ack = client.exchange(other)
     assert (ack.value("MSA-1"), ack.segment("ERR")) == ("AA", None)
+
+
+REFUSED_TAIL = (
+    "from the patient index for the patient PID-3 names; nothing was changed: "
+    "correct the message, or update the patient (ADT) first"
+)
+
+
+@pytest.mark.parametrize(
+    ("pid", "subject"),
+    [
+        ("DUPONT^Luc^^^M^^L||19550312|M", "The family name (PID-5.1) of PID differs"),
+        (
+            "BERNARD^Marc^^^M^^L||19550312|M",
+            "The given names (PID-5.2, PID-5.3) of PID differ",
+        ),
+        ("BERNARD^Luc^^^M^^L||19550313|M", "The birth date (PID-7) of PID differs"),
+        ("BERNARD^Luc^^^M^^L||19550312|F", "The sex (PID-8) of PID differs"),
+        (
+            "BERNARD^Luc^^^M^^L||19550313|F",
+            "The birth date (PID-7) and the sex (PID-8) of PID differ",
+        ),
+        (
+            SIU_PID,
+            "The family name (PID-5.1), the birth date (PID-7) and the sex (PID-8) "
+            "of PID differ",
+        ),
+    ],
+    ids=["family", "given", "birth-date", "sex", "two-fields", "three-fields"],
+)
+def test_swf_s12_refusal_text_verb_agrees_with_the_fields(
+    rt: Runtime, client: Client, pid: str, subject: str
+) -> None:
+    ack = client.exchange(s12("SIU-4", pid))
+    assert ack.value("MSA-1") == "AE"
+    assert ack.value("ERR-8") == f"{subject} {REFUSED_TAIL}"
+    assert ack.value("MSA-3") == f"{subject} {REFUSED_TAIL}"
