@@ -114,6 +114,9 @@ class RetrieveOutcome:
     studies : list of StudyDelivery
         What the retrieving client stored itself (C-GET, WADO-RS), per study;
         empty for C-MOVE, where the cache's Storage SCP reports deliveries.
+    transport : str
+        ``c-move`` or ``c-get``: the move-destination hint of :attr:`reason`
+        applies to C-MOVE only.
     """
 
     outcome: str
@@ -125,6 +128,7 @@ class RetrieveOutcome:
     error_comment: str | None = None
     studies: list[StudyDelivery] = field(default_factory=list)
     http_status: int | None = None
+    transport: str = "c-move"
 
     @property
     def reason(self) -> str:
@@ -151,7 +155,8 @@ class RetrieveOutcome:
         # Orthanc 1.10, among others, answers a C-MOVE to an unknown
         # destination with 0xC000 rather than 0xA801.
         if (
-            self.outcome == "unable_to_process"
+            self.transport == "c-move"
+            and self.outcome == "unable_to_process"
             and self.status is not None
             and self.completed in (None, 0)
         ):
@@ -240,6 +245,7 @@ def combine(outcomes: Sequence[RetrieveOutcome]) -> RetrieveOutcome:
         status=worst.status,
         error_comment=worst.error_comment,
         http_status=worst.http_status,
+        transport=worst.transport,
     )
     for attr in ("completed", "failed", "warning"):
         counts = [getattr(o, attr) for o in outcomes if getattr(o, attr) is not None]

@@ -197,6 +197,7 @@ def get_study(
             )
         )
     result.studies = receiver.studies()
+    result.transport = "c-get"
     if result.completed is None:
         result.completed = sum(s.new + s.replaced for s in result.studies)
     return log_outcome(logger, LOG_GET_DONE, result)

@@ -341,6 +341,13 @@ NOTHING_SENT_HINT = (
             RetrieveOutcome("unable_to_process", status=0xC000, completed=3),
             "the site could not process the retrieve (0xC000)",
         ),
+        # A C-GET has no move destination to check.
+        (
+            RetrieveOutcome(
+                "unable_to_process", status=0xC000, completed=0, transport="c-get"
+            ),
+            "the site could not process the retrieve (0xC000)",
+        ),
         (
             RetrieveOutcome("unable_to_process", http_status=503),
             "the site could not process the retrieve (HTTP 503)",

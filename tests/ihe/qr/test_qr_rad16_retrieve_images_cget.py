@@ -138,6 +138,7 @@ def test_get_study_unknown_study_orthanc_c000_nothing_stored(
 
     assert (outcome.outcome, outcome.status) == ("unable_to_process", 0xC000)
     assert outcome.completed == 0
+    assert outcome.reason == "the site could not process the retrieve (0xC000)"
     assert archive.instances() == []
 
 
