@@ -221,6 +221,15 @@ def token(roles: tuple[str, ...], subject: str, hours: float) -> None:
     rt = _runtime(quiet=True)
     if rt.settings.jwt_keys:
         _fail("SPIDERS_JWT_KEYS is set: get tokens from the identity provider")
+    if not (rt.settings.data_dir / dev_keys.KEY_FILE).exists():
+        # Most often the wrong directory: the server would refuse the token.
+        console.print(
+            f"note: no development key in {rt.settings.data_dir}; a new one is "
+            "made there. Only a spiders serve using this SPIDERS_DATA_DIR accepts "
+            "the token.",
+            soft_wrap=True,
+            highlight=False,
+        )
     click.echo(
         dev_keys.mint(
             rt.settings.data_dir, roles, subject=subject, lifetime=int(hours * 3600)

@@ -184,6 +184,11 @@ def test_token_command_mints_accepted_token_and_refuses_with_idp(
         algorithms=("ES256",),
     )
     principal = verifier.verify(proc.stdout.strip())
+    assert f"note: no development key in {tmp_path}; a new one is made" in proc.stderr
+    again = subprocess.run(
+        cmd, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert "note:" not in again.stderr  # the key exists now: nothing to say
     assert principal.subject == "dr-bernard"
     assert principal.roles == frozenset({"coordinator", "radiologist"})
     assert (tmp_path / dev_keys.KEY_FILE).stat().st_mode & 0o777 == 0o600
