@@ -16,7 +16,8 @@ For every frame, in this order:
    (ERR 207) and keep nothing;
 4. decode and split (:mod:`~ihe.hl7v2.er7`), check MSH-9, MSH-10, MSH-11 and
    MSH-12, and hand the message to the handler of its type and event, in one
-   transaction that also records the outcome and the acknowledgement;
+   transaction that also records the outcome and the acknowledgement (``AA``,
+   with an ERR ``W`` or ``I`` for each warning the handler returns);
 5. if anything fails, roll the processing back and record the error and its
    acknowledgement (``AE``/``AR`` with ERR) in a transaction of its own.
 
@@ -336,7 +337,10 @@ class Receiver:
             context = Context(self.settings, sender, peer.rsplit(":", 1)[0])
             with self.db.session() as session:
                 outcome = handler(session, msg, context)
-                answer = self._answer(msh, AckCode.APPLICATION_ACCEPT, [], version)
+                warnings = list(outcome.warnings)
+                answer = self._answer(
+                    msh, AckCode.APPLICATION_ACCEPT, warnings, version
+                )
                 sent = _sent(msh, AckCode.APPLICATION_ACCEPT)
                 _record(session, row_id, sent, answer, outcome)
         except Exception as exc:

@@ -54,7 +54,13 @@ def test_hl7_feed_of_a_provisional_ins_alone_accepted_and_audited(
 ) -> None:
     with Client(port) as client:
         ack = client.exchange(adt("A28-1", INS, reliability="PROV"))
-    assert (ack.value("MSA-1"), ack.segment("ERR")) == ("AA", None)
+    # Accepted, with the reason the INS links nothing (ERR-4 I, ERR-3 0).
+    assert (ack.value("MSA-1"), ack.value("ERR-2"), ack.value("ERR-3")) == (
+        "AA",
+        "PID",
+        "0",
+    )
+    assert ack.value("ERR-4") == "I"
     patient = only_patient(rt)
     assert (patient.ins_value, patient.ins_status, patient.identifiers) == (
         NIR,
