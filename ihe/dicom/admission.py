@@ -77,6 +77,7 @@ NOT_A_SITE = "the caller is not a site: only sites may store"
 NOT_ASKED = "no retrieve asked this site for this study"
 OTHER_PATIENT = "PatientID is not the patient the study was asked for"
 
+TWO_PATIENTS = "this Study Instance UID is asked of the site for two patients at once"
 PERMIT_SECONDS = 60
 
 
@@ -181,6 +182,9 @@ class StoreAdmission:
             ).all()
             if asked:
                 ids = {str(patient_id).strip() for _, patient_id in asked}
+                if len(ids) > 1:
+                    # One UID asked for two patients: neither gets the other's.
+                    return _Decision(str(asked[0][0]), TWO_PATIENTS)
                 ids |= _former_ids(session, sites, study_uid)
                 return _Decision(str(asked[0][0]), patient_ids=ids)
             permitted = session.scalars(

@@ -389,15 +389,18 @@ def _apply(
 ) -> None:
     if not created:
         _check_demographics_for_links(patient, record, linking)
-    patient.family_name = record.family
-    patient.given_names = " ".join(record.given) or None
-    patient.birth_family_name = record.birth_family
-    patient.birth_date = record.birth_date
-    patient.sex = record.sex
+    # A trait the feed leaves out (an empty HL7 field, a partial FHIR date)
+    # keeps its value: vigilance needs it, and an update that does not send a
+    # trait does not say it is unknown.
+    patient.family_name = record.family or patient.family_name
+    patient.given_names = " ".join(record.given) or patient.given_names
+    patient.birth_family_name = record.birth_family or patient.birth_family_name
+    patient.birth_date = record.birth_date or patient.birth_date
+    patient.sex = record.sex or patient.sex
     patient.birth_place = record.birth_place or patient.birth_place
-    patient.family_fold = fold_name(record.family)
-    patient.birth_family_fold = fold_name(record.birth_family)
-    patient.given_fold = fold_name(" ".join(record.given))
+    patient.family_fold = fold_name(patient.family_name)
+    patient.birth_family_fold = fold_name(patient.birth_family_name)
+    patient.given_fold = fold_name(patient.given_names)
     if record.identity_status is not None:
         patient.ins_status = record.identity_status
     if record.identity_attributes is not None:
@@ -483,11 +486,13 @@ def _undo_ins_links(
         (r.system, r.value) == (ins.system, ins.value) for r in patient.identifiers
     ):
         return None
-    by_ins = {
-        (h.system, h.new_value)
-        for h in patient.history
-        if h.kind == "linked" and h.detail == LINKED_BY_INS
-    }
+    by_ins: set[tuple[str | None, str | None]] = set()
+    for h in sorted(patient.history, key=lambda h: (h.at, h.id or 0)):
+        if h.kind == "linked" and h.detail == LINKED_BY_INS:
+            by_ins.add((h.system, h.new_value))
+        elif h.kind == "identifier-changed" and (h.system, h.old_value) in by_ins:
+            # Renamed since (A47): the link is the same.
+            by_ins.add((h.system, h.new_value))
     # The INS leaves the patient whichever record the feed is about.
     for row in list(patient.identifiers):
         if row.system == ins.system:
@@ -537,8 +542,17 @@ def _split_off(
         family_fold=patient.family_fold,
         birth_family_fold=patient.birth_family_fold,
         given_fold=patient.given_fold,
-        resource={},
     )
+    from server.workflow.registrations import stamp
+
+    # The first patient's resource as fed, less what is its own; each read
+    # adds the identifiers the index holds.
+    kept = {
+        k: v
+        for k, v in (patient.resource or {}).items()
+        if k not in ("id", "meta", "identifier", "link")
+    }
+    other.resource = stamp({**kept, "resourceType": "Patient"}, other.id, 1)
     session.add(other)
     other.history.append(
         PatientHistory(

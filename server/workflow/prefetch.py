@@ -78,16 +78,27 @@ from server.db import Database
 from server.errors import AssociationFailed, ConfigurationError, SpidersError
 from server.models import (
     CachedInstance,
+    PatientIdentifier,
     Prefetch,
     PrefetchSeries,
     PrefetchState,
+    Registration,
+    SiteRecord,
     utcnow,
 )
 from server.peers import site_call, site_endpoint
 from server.workflow import site_slots, transports
 from server.workflow.site_slots import worker_id
+from server.workflow.vigilance import needs_review
 
 logger = logging.getLogger(__name__)
+
+LOG_NOT_FETCHED = "prefetch stopped: study deselected or awaiting identity review"
+LOG_UID_COLLISION = "prefetch stopped: Study Instance UID held for another patient"
+UID_COLLISION = (
+    "this Study Instance UID is in the cache, or asked for, for another patient: "
+    "the same UID under two patients needs a person's review"
+)
 
 LOG_PREFETCH_DONE = "prefetch finished"
 LOG_DEFERRED = "prefetch deferred"
@@ -164,6 +175,9 @@ def run(settings: Settings, db: Database, archive: Archive, prefetch_id: str) ->
         site_name, study_uid = prefetch.site_name, prefetch.study_uid
         expected = prefetch.expected_instances
         known = {s.series_uid: s.expected for s in prefetch.series}
+        stopped = _not_to_fetch(session, prefetch)
+        if stopped is not None:
+            return stopped
     if _already_cached(db, study_uid, expected, known):
         # Cached for another case, or by an earlier attempt.
         outcome = MoveOutcome("success", error_comment="already in the cache")
@@ -203,6 +217,91 @@ def run(settings: Settings, db: Database, archive: Archive, prefetch_id: str) ->
     finally:
         site_slots.release(db, lease)
     return _finish(db, prefetch_id, outcome, settings.retry_base_seconds)
+
+
+def _not_to_fetch(session: Session, prefetch: Prefetch) -> str | None:
+    """Stop a prefetch whose study must not be fetched; the state it ends in.
+
+    Its candidate was deselected or flagged for identity review since it was
+    scheduled (a retry included); or the Study Instance UID is held in the
+    cache, or asked for by another case, for another patient: the same UID
+    under two patients is a data error at a site, and the study is flagged
+    for a person to decide.
+    """
+    candidate = prefetch.candidate
+    if candidate is None:
+        return None
+    if not candidate.selected or needs_review(candidate):
+        prefetch.state = PrefetchState.CANCELLED
+        prefetch.finished_at = utcnow()
+        prefetch.lease_expires_at = None
+        prefetch.reason = "not retrieved: deselected or awaiting identity review"
+        logger.info(LOG_NOT_FETCHED, extra={"prefetch": prefetch.id})
+        return str(prefetch.state)
+    registration = candidate.registration
+    if registration is None or not _shared_with_another_patient(
+        session, prefetch, registration.patient_id
+    ):
+        return None
+    candidate.warning = UID_COLLISION
+    candidate.review = None
+    candidate.selected, candidate.selected_by = False, "identity"
+    prefetch.state = PrefetchState.FAILED
+    prefetch.finished_at = utcnow()
+    prefetch.lease_expires_at = None
+    prefetch.reason = UID_COLLISION
+    logger.warning(LOG_UID_COLLISION, extra={"prefetch": prefetch.id})
+    return str(prefetch.state)
+
+
+def _shared_with_another_patient(
+    session: Session, prefetch: Prefetch, patient_id: str
+) -> bool:
+    """True when the cache holds `prefetch`'s study for another patient, or
+    another active prefetch asks for it for another patient."""
+    others = session.execute(
+        select(Registration.patient_id)
+        .join(Prefetch, Prefetch.registration_id == Registration.id)
+        .where(
+            Prefetch.study_uid == prefetch.study_uid,
+            Prefetch.id != prefetch.id,
+            Prefetch.state.in_(
+                [PrefetchState.QUEUED, PrefetchState.RUNNING, PrefetchState.READY]
+            ),
+            Registration.patient_id != patient_id,
+        )
+        .limit(1)
+    ).first()
+    if others is not None:
+        return True
+    held = session.execute(
+        select(CachedInstance.source_ae, CachedInstance.patient_id)
+        .where(CachedInstance.study_uid == prefetch.study_uid)
+        .distinct()
+    ).all()
+    for source_ae, local_id in held:
+        local = (local_id or "").strip()
+        if not local:
+            continue  # no patient named: no evidence either way
+        domains = session.scalars(
+            select(SiteRecord.patient_id_domain).where(
+                SiteRecord.ae_title == source_ae
+            )
+        ).all()
+        if not domains:
+            # Not from a known site: judged by the identifier alone.
+            if local != (prefetch.candidate.patient_id_at_site or "").strip():
+                return True
+            continue
+        owner = session.scalar(
+            select(PatientIdentifier.patient_id).where(
+                PatientIdentifier.system.in_(domains),
+                PatientIdentifier.value == local,
+            )
+        )
+        if owner != patient_id:
+            return True
+    return False
 
 
 def conclude(

@@ -13,6 +13,7 @@ from ihe.dicom.admission import (
     NOT_A_SITE,
     NOT_ASKED,
     OTHER_PATIENT,
+    TWO_PATIENTS,
     StoreAdmission,
     retrieve_permit,
 )
@@ -114,6 +115,19 @@ def test_admission_other_patient_refused_first_only_reported(db: Database) -> No
     assert (first.reason, first.first) == (OTHER_PATIENT, True)
     assert (second.reason, second.first) == (OTHER_PATIENT, False)
     assert right.reason is None
+
+
+def test_admission_one_uid_asked_for_two_patients_refused(db: Database) -> None:
+    ask(db, PrefetchState.RUNNING)
+    ask(db, PrefetchState.QUEUED)
+    with db.session() as session:
+        second = session.scalars(select(Candidate).order_by(Candidate.id)).all()[1]
+        second.patient_id_at_site = "NORD-0777"
+    admission = StoreAdmission(db.sessions, sites_of)
+
+    for patient_id in (PID, "NORD-0777"):
+        verdict = admission.admit(Assoc(), "CHU_NORD", "h", STUDY, patient_id)
+        assert verdict.reason == TWO_PATIENTS
 
 
 def test_admission_former_identifier_after_a47_admitted(db: Database) -> None:

@@ -384,3 +384,60 @@ def test_new_identifier_not_linked_while_demographics_change(rt: Runtime) -> Non
     )
     assert feed(rt, both) == first
     assert identifiers_of(rt, first) == {(SITE_A, "A1"), (SITE_B, "B1")}
+
+
+def test_downgrade_splits_an_identifier_renamed_since_it_was_linked(
+    rt: Runtime,
+) -> None:
+    first = joined_by_ins(rt)
+    with rt.db.session() as session:
+        patient_index.change_identifier(
+            session, Identifier(SITE_B, "B1"), Identifier(SITE_B, "B2")
+        )
+        session.commit()
+    assert feed(rt, record(Identifier(SITE_A, "A1"), ins(), status="PROV")) == first
+    assert identifiers_of(rt, first) == {(SITE_A, "A1")}
+    assert identifiers_of(rt, owner(rt, Identifier(SITE_B, "B2"))) == {(SITE_B, "B2")}
+
+
+def test_split_patient_reads_as_a_whole_fhir_patient(rt: Runtime) -> None:
+    first = joined_by_ins(rt)
+    with rt.db.session() as session:
+        patient = session.get(Patient, first)
+        assert patient is not None
+        patient.resource = {
+            "resourceType": "Patient",
+            "id": first,
+            "name": [{"family": "FAURE", "given": ["Hélène"]}],
+            "gender": "female",
+            "birthDate": "1979-08-22",
+        }
+    feed(rt, record(Identifier(SITE_A, "A1"), ins(), status="PROV"))
+    split = owner(rt, Identifier(SITE_B, "B1"))
+    with rt.db.session() as session:
+        patient = session.get(Patient, split)
+        assert patient is not None
+        resource = dict(patient.resource)
+    assert resource["resourceType"] == "Patient"
+    assert resource["id"] == split
+    assert resource["meta"]["versionId"] == "1"
+    assert (resource["name"], resource["gender"], resource["birthDate"]) == (
+        [{"family": "FAURE", "given": ["Hélène"]}],
+        "female",
+        "1979-08-22",
+    )
+
+
+def test_traits_left_out_of_a_feed_are_kept(rt: Runtime) -> None:
+    first = feed(rt, record(Identifier(SITE_A, "A1")))
+    bare = PatientRecord(identifiers=(Identifier(SITE_A, "A1"),))
+    assert feed(rt, bare) == first
+    with rt.db.session() as session:
+        patient = session.get(Patient, first)
+        assert patient is not None
+        assert (
+            patient.family_name,
+            patient.given_names,
+            patient.birth_date,
+            patient.sex,
+        ) == ("FAURE", "Hélène", date(1979, 8, 22), "F")

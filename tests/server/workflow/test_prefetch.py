@@ -287,6 +287,117 @@ def test_run_every_series_complete_is_ready_with_series_counts(
     ]
 
 
+@pytest.mark.parametrize("change", ["deselected", "flagged"])
+def test_run_candidate_deselected_or_flagged_since_is_not_fetched(
+    rt: Runtime, transport: FakeTransport, change: str
+) -> None:
+    _seed(rt)
+    with rt.db.session() as session:
+        (cand,) = session.scalars(select(Candidate)).all()
+        if change == "deselected":
+            cand.selected = False
+        else:
+            cand.warning = "birth date differs from the patient index"
+    settings = _with_site(rt, _site())
+    assert prefetch_workflow.claim(rt.db, "f1")
+    assert prefetch_workflow.run(settings, rt.db, rt.archive, "f1") == "cancelled"
+    assert transport.asked == []
+    assert _state(rt).reason == "not retrieved: deselected or awaiting identity review"
+
+
+@pytest.mark.parametrize("where", ["cache", "another case"])
+def test_run_study_uid_of_another_patient_flagged_not_fetched(
+    rt: Runtime, transport: FakeTransport, where: str
+) -> None:
+    from server import site_directory
+    from server.models import PatientIdentifier
+    from server.workflow.prefetch import UID_COLLISION
+    from server.workflow.vigilance import needs_review
+
+    site = _site()
+    site_directory.sync(rt.db, Directory(sites=(site,)))
+    with rt.db.session() as session:
+        other = Patient(id="p2", family_name="Y")
+        other.identifiers.append(PatientIdentifier(system="2.999.1.1", value="Z9"))
+        session.add(other)
+    _seed(rt)
+    if where == "cache":
+        with rt.db.session() as session:
+            session.add(
+                CachedInstance(
+                    sop_instance_uid="2.25.999.1",
+                    sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+                    study_uid=STUDY,
+                    series_uid="2.25.999",
+                    transfer_syntax="1.2.840.10008.1.2.1",
+                    path="x/y.dcm",
+                    size=1,
+                    source_ae="CHU_NORD",
+                    patient_id="Z9",
+                )
+            )
+    else:
+        _seed(rt, "f2")
+        with rt.db.session() as session:
+            reg = session.get(Registration, "r-f2")
+            assert reg is not None
+            reg.patient_id = "p2"
+            f2 = session.get(Prefetch, "f2")
+            assert f2 is not None
+            f2.state = PrefetchState.QUEUED
+    settings = _with_site(rt, site)
+    assert prefetch_workflow.claim(rt.db, "f1")
+    assert prefetch_workflow.run(settings, rt.db, rt.archive, "f1") == "failed"
+    assert transport.asked == []
+    assert _state(rt).reason == UID_COLLISION
+    with rt.db.session() as session:
+        cand = session.scalars(
+            select(Candidate).where(Candidate.registration_id == "r-f1")
+        ).one()
+        assert (cand.selected, cand.warning, needs_review(cand)) == (
+            False,
+            UID_COLLISION,
+            True,
+        )
+
+
+def test_run_same_patient_cached_from_another_site_counts_as_held(
+    rt: Runtime, transport: FakeTransport
+) -> None:
+    from server import site_directory
+    from server.models import PatientIdentifier
+
+    here, there = (
+        _site(),
+        _site(name="chu-sud", ae_title="CHU_SUD", patient_id_domain="2.999.1.2"),
+    )
+    site_directory.sync(rt.db, Directory(sites=(here, there)))
+    _seed(rt)
+    with rt.db.session() as session:
+        patient = session.get(Patient, "p1")
+        assert patient is not None
+        patient.identifiers.append(PatientIdentifier(system="2.999.1.2", value="S1"))
+        for n, (series, count) in enumerate(zip(SERIES, (2, 3, 4), strict=True)):
+            for k in range(count):
+                session.add(
+                    CachedInstance(
+                        sop_instance_uid=f"{series}.{k + 1}",
+                        sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+                        study_uid=STUDY,
+                        series_uid=series,
+                        transfer_syntax="1.2.840.10008.1.2.1",
+                        path=f"x/{n}/{k}.dcm",
+                        size=1,
+                        source_ae="CHU_SUD",
+                        patient_id="S1",
+                    )
+                )
+    settings = _with_site(rt, here)
+    assert prefetch_workflow.claim(rt.db, "f1")
+    assert prefetch_workflow.run(settings, rt.db, rt.archive, "f1") == "ready"
+    assert transport.asked == []
+
+
 def test_run_retry_asks_only_for_the_series_still_incomplete(
     rt: Runtime, transport: FakeTransport
 ) -> None:
