@@ -14,12 +14,11 @@ CA in the context makes client certificates mandatory (mutual TLS, as an ATNA
 secure node requires). A failed handshake is logged and the connection
 closed.
 
-Limitations
------------
 At most ``max_connections`` connections are served at once: one more is
 closed as soon as it is accepted, with a WARNING, so a sender that opens
 connections without end cannot exhaust the server's threads. A connection on
-which nothing arrives for ``idle_seconds`` is closed (a partial frame on it is
+which nothing arrives for ``idle_seconds``, or whose frame is not complete
+``idle_seconds`` after it started, is closed (a partial frame on it is
 dropped, with a WARNING); senders reconnect when they next have a message,
 as interface engines do.
 
@@ -38,6 +37,7 @@ import logging
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -56,6 +56,7 @@ LOG_UNTERMINATED = "MLLP frame ended without 0x0D after 0x1C; taken as complete"
 LOG_TLS_FAILED = "TLS handshake failed"
 LOG_TOO_MANY = "MLLP connection refused: too many open"
 LOG_IDLE = "idle MLLP connection closed"
+LOG_SLOW_FRAME = "MLLP frame not completed in time; connection closed"
 DEFAULT_MAX_CONNECTIONS = 64
 DEFAULT_IDLE_SECONDS = 3600.0
 READ_SIZE = 65536
@@ -239,7 +240,16 @@ class MllpListener:
 
     def _read_frames(self, stream: socket.socket, peer: str) -> None:
         decoder = FrameDecoder(self.max_frame)
+        frame_started: float | None = None
         while True:
+            if not decoder.pending:
+                frame_started = None
+            elif frame_started is None:
+                frame_started = time.monotonic()
+            elif time.monotonic() - frame_started > self.idle_seconds:
+                # A sender trickling a frame must finish it in that time too.
+                logger.warning(LOG_SLOW_FRAME, extra={"peer": peer})
+                break
             # After a final 0x1C, the 0x0D gets a short grace (see mllp).
             awaiting_end = decoder.awaiting_end
             stream.settimeout(END_GRACE if awaiting_end else self.idle_seconds)

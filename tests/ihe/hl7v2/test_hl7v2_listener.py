@@ -183,3 +183,27 @@ def test_listener_idle_connection_closed(rt: Runtime) -> None:
             started = time.monotonic()
             assert sock.recv(1) == b""
             assert 0.4 < time.monotonic() - started < 4
+
+
+def test_listener_frame_trickled_too_slowly_closed(rt: Runtime) -> None:
+    with listening(rt, idle_seconds=1.0) as port:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        with sock:
+            started = time.monotonic()
+            sock.sendall(b"\x0bMSH|^~\\&|")
+            closed = False
+            for _ in range(10):  # one byte every 0.4 s: never idle
+                time.sleep(0.4)
+                try:
+                    sock.sendall(b"X")
+                except OSError:
+                    closed = True
+                    break
+            if not closed:
+                sock.settimeout(3)
+                try:
+                    closed = sock.recv(1) == b""
+                except ConnectionResetError:
+                    closed = True
+            assert closed
+            assert time.monotonic() - started < 5
