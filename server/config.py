@@ -40,12 +40,13 @@ by the service account only.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -55,6 +56,7 @@ from ihe.hl7v2.codes import CHARSETS as HL7_CHARSETS
 from server.errors import ConfigurationError
 
 ENV_PREFIX = "SPIDERS_"
+Number = TypeVar("Number", int, float)
 # HL7 v2 intake: the largest MLLP frame (bytes), and the character set of
 # messages with an empty MSH-18. UTF-8 reads plain ASCII alike, and refuses
 # Latin-1 bytes instead of turning accented names into nonsense.
@@ -282,16 +284,26 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         sites_file=sites_file,
         ae_title=ae_title,
         dicom_host=get("DICOM_HOST", "127.0.0.1"),
-        dicom_port=_int(get("DICOM_PORT", "11112"), "SPIDERS_DICOM_PORT"),
+        dicom_port=_port(get("DICOM_PORT", "11112"), "SPIDERS_DICOM_PORT"),
         http_host=get("HTTP_HOST", "127.0.0.1"),
-        http_port=_int(get("HTTP_PORT", "8080"), "SPIDERS_HTTP_PORT"),
+        http_port=_port(get("HTTP_PORT", "8080"), "SPIDERS_HTTP_PORT"),
         auto_select_modalities=modalities,
-        auto_select_months=_int(get("AUTO_SELECT_MONTHS", "24"), "AUTO_SELECT_MONTHS"),
-        prefetch_lead_hours=_hours(
-            get("PREFETCH_LEAD", "24h"), "SPIDERS_PREFETCH_LEAD"
+        auto_select_months=_at_least(
+            0,
+            _int(get("AUTO_SELECT_MONTHS", "24"), "AUTO_SELECT_MONTHS"),
+            "SPIDERS_AUTO_SELECT_MONTHS",
+        ),
+        prefetch_lead_hours=_at_least(
+            0,
+            _hours(get("PREFETCH_LEAD", "24h"), "SPIDERS_PREFETCH_LEAD"),
+            "SPIDERS_PREFETCH_LEAD",
         ),
         **_prefetch_settings(env),
-        worker_concurrency=_int(get("WORKER_CONCURRENCY", "4"), "WORKER_CONCURRENCY"),
+        worker_concurrency=_at_least(
+            1,
+            _int(get("WORKER_CONCURRENCY", "4"), "WORKER_CONCURRENCY"),
+            "SPIDERS_WORKER_CONCURRENCY",
+        ),
         store_processes=_store_processes(get("STORE_PROCESSES", "")),
         retrieve_parallel=_retrieve_parallel(get("RETRIEVE_PARALLEL", "2")),
         queue=get("QUEUE", "spiders"),
@@ -482,7 +494,7 @@ def _mllp_settings(env: dict[str, str]) -> dict[str, Any]:
         )
     return {
         "mllp_host": host,
-        "mllp_port": _int(opt("MLLP_PORT") or 2575, "SPIDERS_MLLP_PORT"),
+        "mllp_port": _port(opt("MLLP_PORT") or 2575, "SPIDERS_MLLP_PORT"),
         "mllp_max_frame": max_frame,
         "mllp_max_connections": max_connections,
         "mllp_idle_seconds": idle,
@@ -829,6 +841,22 @@ def _hours(value: str, where: str) -> float:
 
 def _float(value: Any, where: str) -> float:
     try:
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError) as exc:
         raise ConfigurationError(f"{where} must be a number, not {value!r}") from exc
+    if not math.isfinite(number):
+        raise ConfigurationError(f"{where} must be a finite number, not {value!r}")
+    return number
+
+
+def _port(value: Any, where: str) -> int:
+    port = _int(value, where)
+    if not 0 <= port <= 65535:
+        raise ConfigurationError(f"{where} must be a TCP port (0-65535), not {port}")
+    return port
+
+
+def _at_least(lowest: float, value: Number, where: str) -> Number:
+    if value < lowest:
+        raise ConfigurationError(f"{where} must be at least {lowest:g}, not {value}")
+    return value

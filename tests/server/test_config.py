@@ -240,3 +240,24 @@ def test_load_directory_site_defaults_are_dimse_study_root(tmp_path: Path) -> No
         (),
         None,
     )
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("SPIDERS_DICOM_PORT", "70000", "must be a TCP port (0-65535), not 70000"),
+        ("SPIDERS_HTTP_PORT", "99999", "must be a TCP port (0-65535), not 99999"),
+        ("SPIDERS_MLLP_PORT", "-1", "must be a TCP port (0-65535), not -1"),
+        ("SPIDERS_MLLP_IDLE_SECONDS", "nan", "must be a finite number, not 'nan'"),
+        ("SPIDERS_MLLP_IDLE_SECONDS", "1e999", "must be a finite number"),
+        ("SPIDERS_PREFETCH_LEAD", "-2h", "must be at least 0, not -2.0"),
+        ("SPIDERS_AUTO_SELECT_MONTHS", "-3", "must be at least 0, not -3"),
+        ("SPIDERS_WORKER_CONCURRENCY", "0", "must be at least 1, not 0"),
+    ],
+)
+def test_load_settings_out_of_range_values_named(
+    tmp_path: Path, name: str, value: str, message: str
+) -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        load_settings({"SPIDERS_DATA_DIR": str(tmp_path), name: value})
+    assert f"{name} {message}" in str(refused.value)
