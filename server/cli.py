@@ -286,7 +286,7 @@ def status(as_json: bool) -> None:
                 state += f"; {len(pending)} awaiting identity review"
             found = len(reg.candidates)
             sites = len({c.site_name for c in reg.candidates})
-            selected = sum(1 for c in reg.candidates if c.prefetch)
+            selected = sum(1 for c in reg.candidates if c.selected)
             out.print(
                 f"[bold]case {reg.id[:8]}[/bold]  meeting {meeting}  {state}",
                 highlight=False,
@@ -327,6 +327,8 @@ def status(as_json: bool) -> None:
                     what = p.state + (f": {p.reason}" if p.reason else "")
                     if p.state == "scheduled":
                         what += f", due {p.due_at:%Y-%m-%d %H:%M} UTC"
+                    if needs_review(cand):
+                        what = f"identity review: {cand.warning}; retrieve {what}"
                 table.add_row(f"  {cand.site_name}", cand.study_uid[-12:], images, what)
             out.print(table, highlight=False)
             click.echo()

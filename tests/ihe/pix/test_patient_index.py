@@ -352,6 +352,19 @@ def test_downgrade_flags_the_studies_found_under_a_split_identifier(
         "site-a": (True, None, False, PrefetchState.SCHEDULED),
         "site-b": (False, UNLINKED_WARNING, True, PrefetchState.CANCELLED),
     }
+    from click.testing import CliRunner
+
+    from server.cli import main
+
+    env = {"SPIDERS_DATA_DIR": str(rt.settings.data_dir), "COLUMNS": "300"}
+    lines = CliRunner().invoke(main, ["status"], env=env).output.splitlines()
+    assert "  2 studies found at 2 site(s), 1 selected, 1 awaiting identity review" in (
+        lines
+    )
+    (row,) = [x.rstrip() for x in lines if x.startswith("  site-b ")]
+    assert row.endswith(
+        f"identity review: {UNLINKED_WARNING}; retrieve cancelled: {UNLINKED_WARNING}"
+    )
 
 
 def test_new_identifier_not_linked_while_demographics_change(rt: Runtime) -> None:
