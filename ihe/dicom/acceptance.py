@@ -31,7 +31,10 @@ Storage contexts for C-GET.
 Limitations
 -----------
 Host names are resolved once, when the listener starts. Roles are read from
-the sites file the listener was started with.
+the sites file the listener was started with. With DICOM TLS, the client
+certificate is checked against the CA but not tied to an AE title: a caller
+with any certificate of that CA, from a host a site or console is declared
+on, may use that site's or console's AE title.
 """
 
 from __future__ import annotations
