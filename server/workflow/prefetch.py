@@ -284,9 +284,7 @@ def _shared_with_another_patient(
         if not local:
             continue  # no patient named: no evidence either way
         domains = session.scalars(
-            select(SiteRecord.patient_id_domain).where(
-                SiteRecord.ae_title == source_ae
-            )
+            select(SiteRecord.patient_id_domain).where(SiteRecord.ae_title == source_ae)
         ).all()
         if not domains:
             # Not from a known site: judged by the identifier alone.
