@@ -67,7 +67,7 @@ from sqlalchemy.orm import Session
 
 from ihe.pdq.patient_search import PatientQuery, statement
 from ihe.pix.iti83_mobile_pix_query import current_identifiers, domain_known
-from mappings.fhir_patient import GENDER_TO_SEX
+from mappings.fhir_patient import GENDER_TO_SEX, SEX_TO_GENDER
 from mappings.identifiers import authority_to_system, system_to_authority
 from server.errors import InputError, NotAcceptable
 from server.models import Patient, PatientIdentifier
@@ -283,11 +283,26 @@ def patient_resource(patient: Patient, domains: Collection[str] = ()) -> dict[st
     """The Patient resource the server shows for `patient`.
 
     The resource as last fed, with the identifiers the index holds now (a
-    merge adds the absorbed ones), restricted to `domains` when given. A
+    merge adds the absorbed ones) and the name, gender and birth date the
+    index kept when the last feed left them out, restricted to `domains` when given. A
     merged patient is ``active: false`` with a ``replaced-by`` link to the
     patient it was merged into (3.78.4.3.3 Case 3).
     """
     resource: dict[str, Any] = dict(patient.resource)
+    resource.setdefault("resourceType", "Patient")
+    resource.setdefault("id", patient.id)
+    # A feed that left a trait out did not erase it: the index kept it.
+    if "name" not in resource and (patient.family_name or patient.given_names):
+        name: dict[str, Any] = {}
+        if patient.family_name:
+            name["family"] = patient.family_name
+        if patient.given_names:
+            name["given"] = patient.given_names.split()
+        resource["name"] = [name]
+    if "gender" not in resource and patient.sex in SEX_TO_GENDER:
+        resource["gender"] = SEX_TO_GENDER[patient.sex]
+    if "birthDate" not in resource and patient.birth_date is not None:
+        resource["birthDate"] = patient.birth_date.isoformat()
     fed = resource.get("identifier")
     current = {(r.system, r.value) for r in current_identifiers(patient)}
     linked = {system for system, _ in current}

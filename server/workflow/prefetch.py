@@ -78,6 +78,7 @@ from server.db import Database
 from server.errors import AssociationFailed, ConfigurationError, SpidersError
 from server.models import (
     CachedInstance,
+    Candidate,
     PatientIdentifier,
     Prefetch,
     PrefetchSeries,
@@ -89,16 +90,12 @@ from server.models import (
 from server.peers import site_call, site_endpoint
 from server.workflow import site_slots, transports
 from server.workflow.site_slots import worker_id
-from server.workflow.vigilance import needs_review
+from server.workflow.vigilance import UID_COLLISION, needs_review
 
 logger = logging.getLogger(__name__)
 
 LOG_NOT_FETCHED = "prefetch stopped: study deselected or awaiting identity review"
 LOG_UID_COLLISION = "prefetch stopped: Study Instance UID held for another patient"
-UID_COLLISION = (
-    "this Study Instance UID is in the cache, or asked for, for another patient: "
-    "the same UID under two patients needs a person's review"
-)
 
 LOG_PREFETCH_DONE = "prefetch finished"
 LOG_DEFERRED = "prefetch deferred"
@@ -246,6 +243,7 @@ def _not_to_fetch(session: Session, prefetch: Prefetch) -> str | None:
     candidate.warning = UID_COLLISION
     candidate.review = None
     candidate.selected, candidate.selected_by = False, "identity"
+    _flag_the_other_cases(session, prefetch.study_uid, registration.patient_id)
     prefetch.state = PrefetchState.FAILED
     prefetch.finished_at = utcnow()
     prefetch.lease_expires_at = None
@@ -266,7 +264,12 @@ def _shared_with_another_patient(
             Prefetch.study_uid == prefetch.study_uid,
             Prefetch.id != prefetch.id,
             Prefetch.state.in_(
-                [PrefetchState.QUEUED, PrefetchState.RUNNING, PrefetchState.READY]
+                [
+                    PrefetchState.SCHEDULED,
+                    PrefetchState.QUEUED,
+                    PrefetchState.RUNNING,
+                    PrefetchState.READY,
+                ]
             ),
             Registration.patient_id != patient_id,
         )
@@ -300,6 +303,31 @@ def _shared_with_another_patient(
         if owner != patient_id:
             return True
     return False
+
+
+def _flag_the_other_cases(session: Session, study_uid: str, patient_id: str) -> None:
+    """Tell the other patients' cases holding `study_uid` of the collision:
+    their candidate is flagged, and a retrieve not started is cancelled."""
+    others = session.scalars(
+        select(Candidate)
+        .join(Registration, Registration.id == Candidate.registration_id)
+        .where(
+            Candidate.study_uid == study_uid,
+            Registration.patient_id != patient_id,
+            Candidate.warning.is_(None),
+        )
+    ).all()
+    for other in others:
+        other.warning, other.review = UID_COLLISION, None
+        theirs = other.prefetch
+        if theirs is not None and theirs.state in (
+            PrefetchState.SCHEDULED,
+            PrefetchState.QUEUED,
+        ):
+            other.selected, other.selected_by = False, "identity"
+            theirs.state = PrefetchState.CANCELLED
+            theirs.finished_at = utcnow()
+            theirs.reason = UID_COLLISION
 
 
 def conclude(

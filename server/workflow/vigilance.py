@@ -55,6 +55,12 @@ class Review:
     REJECTED = "rejected"
 
 
+UID_COLLISION = (
+    "this Study Instance UID is in the cache, or asked for, for another patient: "
+    "the same UID under two patients needs a person's review"
+)
+
+
 def identity_warning(registration: Registration, study: StudyFound) -> str | None:
     """Why the study's patient may not be the registered one, or ``None``."""
     reasons = disagreements(
@@ -134,11 +140,19 @@ def review(
     ------
     Conflict
         The candidate carries no identity warning, was already decided the
-        other way, or its retrieve has started (for a rejection).
+        other way, its retrieve has started (for a rejection), or its Study
+        Instance UID is another patient's too (for a confirmation).
     """
     if candidate.warning is None:
         raise Conflict(f"candidate {candidate.id} has no identity warning to review")
     wanted = {"confirm": Review.CONFIRMED, "reject": Review.REJECTED}[decision]
+    if wanted == Review.CONFIRMED and candidate.warning == UID_COLLISION:
+        # The cache files studies by UID: fetching it would put two patients'
+        # images under one study.
+        raise Conflict(
+            f"candidate {candidate.id} cannot be confirmed: its Study Instance UID "
+            "is also another patient's; the site must correct the UID"
+        )
     if candidate.review not in (None, Review.PENDING, wanted):
         raise Conflict(
             f"candidate {candidate.id} was already {candidate.review}; "

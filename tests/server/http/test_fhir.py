@@ -371,3 +371,23 @@ def test_refused_request_logs_the_route_not_the_path(
     assert not [x for x in logged if "IPP-7731" in x]
     routes = {getattr(r, "route", None) for r in caplog.records}
     assert "GET /fhir/Patient/<resource_id>" in routes
+
+
+def test_patient_fed_again_without_traits_reads_with_the_kept_ones(
+    client: FlaskClient,
+) -> None:
+    first = post(client, "/fhir/Patient", patient_body()).get_json()
+    bare = {
+        "resourceType": "Patient",
+        "identifier": [{"system": "urn:oid:2.999.1.1", "value": "A1"}],
+    }
+    assert post(client, "/fhir/Patient", bare).status_code in (200, 201)
+    read = client.get(f"/fhir/Patient/{first['id']}").get_json()
+    assert_valid_fhir(read)
+    assert (read["name"], read["gender"], read["birthDate"]) == (
+        [{"family": "LÉVÊQUE", "given": ["Noël"]}],
+        "male",
+        "1958-03-14",
+    )
+    found = client.get("/fhir/Patient?identifier=urn:oid:2.999.1.1|A1").get_json()
+    assert found["entry"][0]["resource"]["birthDate"] == "1958-03-14"

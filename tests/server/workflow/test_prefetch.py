@@ -311,8 +311,7 @@ def test_run_study_uid_of_another_patient_flagged_not_fetched(
 ) -> None:
     from server import site_directory
     from server.models import PatientIdentifier
-    from server.workflow.prefetch import UID_COLLISION
-    from server.workflow.vigilance import needs_review
+    from server.workflow.vigilance import UID_COLLISION, needs_review
 
     site = _site()
     site_directory.sync(rt.db, Directory(sites=(site,)))
@@ -359,6 +358,21 @@ def test_run_study_uid_of_another_patient_flagged_not_fetched(
             UID_COLLISION,
             True,
         )
+        if where == "another case":
+            # The other patient's case is told too, its retrieve not started.
+            theirs = session.scalars(
+                select(Candidate).where(Candidate.registration_id == "r-f2")
+            ).one()
+            assert (theirs.warning, theirs.prefetch.state) == (
+                UID_COLLISION,
+                PrefetchState.CANCELLED,
+            )
+        from server.errors import Conflict
+        from server.workflow.vigilance import review
+
+        with pytest.raises(Conflict, match="the site must correct the UID"):
+            review(cand, decision="confirm", by="user:x")
+        review(cand, decision="reject", by="user:x")
 
 
 def test_run_same_patient_cached_from_another_site_counts_as_held(
