@@ -56,6 +56,9 @@ from ihe.hl7v2.codes import CHARSETS as HL7_CHARSETS
 from server.errors import ConfigurationError
 
 ENV_PREFIX = "SPIDERS_"
+# Bounds of the durations and look-back periods: beyond them, a typing error.
+MAX_HOURS = 366 * 24
+MAX_MONTHS = 1200
 Number = TypeVar("Number", int, float)
 # HL7 v2 intake: the largest MLLP frame (bytes), and the character set of
 # messages with an empty MSH-18. UTF-8 reads plain ASCII alike, and refuses
@@ -290,18 +293,26 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         auto_select_modalities=modalities,
         auto_select_months=_at_least(
             0,
-            _int(get("AUTO_SELECT_MONTHS", "24"), "AUTO_SELECT_MONTHS"),
+            _at_most(
+                MAX_MONTHS,
+                _int(get("AUTO_SELECT_MONTHS", "24"), "SPIDERS_AUTO_SELECT_MONTHS"),
+                "SPIDERS_AUTO_SELECT_MONTHS",
+            ),
             "SPIDERS_AUTO_SELECT_MONTHS",
         ),
-        prefetch_lead_hours=_at_least(
-            0,
-            _hours(get("PREFETCH_LEAD", "24h"), "SPIDERS_PREFETCH_LEAD"),
+        prefetch_lead_hours=_at_most(
+            MAX_HOURS,
+            _at_least(
+                0,
+                _hours(get("PREFETCH_LEAD", "24h"), "SPIDERS_PREFETCH_LEAD"),
+                "SPIDERS_PREFETCH_LEAD",
+            ),
             "SPIDERS_PREFETCH_LEAD",
         ),
         **_prefetch_settings(env),
         worker_concurrency=_at_least(
             1,
-            _int(get("WORKER_CONCURRENCY", "4"), "WORKER_CONCURRENCY"),
+            _int(get("WORKER_CONCURRENCY", "4"), "SPIDERS_WORKER_CONCURRENCY"),
             "SPIDERS_WORKER_CONCURRENCY",
         ),
         store_processes=_store_processes(get("STORE_PROCESSES", "")),
@@ -324,6 +335,8 @@ def _prefetch_settings(env: dict[str, str]) -> dict[str, Any]:
         _opt(env, "PREFETCH_DEADLINE_MARGIN") or "1h",
         "SPIDERS_PREFETCH_DEADLINE_MARGIN",
     )
+    _at_least(0, margin, "SPIDERS_PREFETCH_DEADLINE_MARGIN")
+    _at_most(MAX_HOURS, margin, "SPIDERS_PREFETCH_DEADLINE_MARGIN")
     lease = _int(
         _opt(env, "WORKER_LEASE_SECONDS") or 60, "SPIDERS_WORKER_LEASE_SECONDS"
     )
@@ -854,6 +867,12 @@ def _port(value: Any, where: str) -> int:
     if not 0 <= port <= 65535:
         raise ConfigurationError(f"{where} must be a TCP port (0-65535), not {port}")
     return port
+
+
+def _at_most(highest: float, value: Number, where: str) -> Number:
+    if value > highest:
+        raise ConfigurationError(f"{where} must be at most {highest:g}, not {value:g}")
+    return value
 
 
 def _at_least(lowest: float, value: Number, where: str) -> Number:

@@ -253,6 +253,9 @@ def test_load_directory_site_defaults_are_dimse_study_root(tmp_path: Path) -> No
         ("SPIDERS_PREFETCH_LEAD", "-2h", "must be at least 0, not -2.0"),
         ("SPIDERS_AUTO_SELECT_MONTHS", "-3", "must be at least 0, not -3"),
         ("SPIDERS_WORKER_CONCURRENCY", "0", "must be at least 1, not 0"),
+        ("SPIDERS_PREFETCH_LEAD", "1e20h", "must be at most 8784, not 1e+20"),
+        ("SPIDERS_PREFETCH_DEADLINE_MARGIN", "-2h", "must be at least 0, not -2.0"),
+        ("SPIDERS_AUTO_SELECT_MONTHS", "99999999", "must be at most 1200"),
     ],
 )
 def test_load_settings_out_of_range_values_named(
