@@ -53,7 +53,10 @@ asked for again on a retry, and instances already cached are received again
 and replace their copy. A partly cached series is asked for whole when the
 site cannot list its instances (no IMAGE-level C-FIND, a failed search) or
 lists fewer than it counts (a capped answer). Instance lists are not paged:
-a QIDO-RS service that truncates its answer falls in the last case.
+a QIDO-RS service that truncates its answer falls in the last case. A site
+that files two patients' instances under one Study Instance UID is not
+detected as such: the cache keeps only the patient asked for, and the study
+ends partial with the site's failure status rather than an identity flag.
 """
 
 from __future__ import annotations
