@@ -58,15 +58,7 @@ from ihe.dicom.ae import (
     start_shared_port_server,
 )
 from ihe.dicom.qr_scp import FindSummary, QueryRetrieveSCP
-from ihe.dicom.sop_classes import (
-    PatientRootQueryRetrieveInformationModelFind,
-    PatientRootQueryRetrieveInformationModelGet,
-    PatientRootQueryRetrieveInformationModelMove,
-    StudyRootQueryRetrieveInformationModelFind,
-    StudyRootQueryRetrieveInformationModelGet,
-    StudyRootQueryRetrieveInformationModelMove,
-    Verification,
-)
+from ihe.dicom.sop_classes import QUERY_RETRIEVE_MODELS, Verification
 from ihe.dicom.storage_scp import (
     AssociationSummary,
     StorageSCP,
@@ -88,14 +80,6 @@ T = TypeVar("T")
 DISPATCH_INTERVAL = 2.0
 LISTENER_STOP_TIMEOUT = 10.0
 MAX_ASSOCIATIONS = 64
-QR_MODELS = (
-    StudyRootQueryRetrieveInformationModelFind,
-    StudyRootQueryRetrieveInformationModelMove,
-    StudyRootQueryRetrieveInformationModelGet,
-    PatientRootQueryRetrieveInformationModelFind,
-    PatientRootQueryRetrieveInformationModelMove,
-    PatientRootQueryRetrieveInformationModelGet,
-)
 
 
 @dataclass
@@ -127,7 +111,7 @@ def start_dicom(rt: Runtime, *, shared_port: bool = False) -> ThreadedAssociatio
     # that a few idle connections cannot keep the sites' C-STOREs out.
     ae.require_called_aet = True
     ae.maximum_associations = MAX_ASSOCIATIONS
-    for model in QR_MODELS:
+    for model in QUERY_RETRIEVE_MODELS:
         ae.add_supported_context(model)
     # C-GET and C-MOVE send back on storage contexts; C-GET needs SCP role.
     for cx in StoragePresentationContexts:

@@ -48,14 +48,7 @@ from enum import StrEnum
 from pynetdicom import evt
 from pynetdicom.events import Event
 
-from ihe.dicom.sop_classes import (
-    PatientRootQueryRetrieveInformationModelFind,
-    PatientRootQueryRetrieveInformationModelGet,
-    PatientRootQueryRetrieveInformationModelMove,
-    StudyRootQueryRetrieveInformationModelFind,
-    StudyRootQueryRetrieveInformationModelGet,
-    StudyRootQueryRetrieveInformationModelMove,
-)
+from ihe.dicom.sop_classes import QUERY_RETRIEVE_MODELS
 
 logger = logging.getLogger(__name__)
 
@@ -68,17 +61,7 @@ SOURCE_SERVICE_USER = 0x01
 REASON_CALLING_AE_NOT_RECOGNIZED = 0x03
 
 # The Query/Retrieve SOP classes only a console may use (PS3.4 C.6).
-QUERY_RETRIEVE_UIDS = frozenset(
-    str(sop_class)
-    for sop_class in (
-        PatientRootQueryRetrieveInformationModelFind,
-        PatientRootQueryRetrieveInformationModelMove,
-        PatientRootQueryRetrieveInformationModelGet,
-        StudyRootQueryRetrieveInformationModelFind,
-        StudyRootQueryRetrieveInformationModelMove,
-        StudyRootQueryRetrieveInformationModelGet,
-    )
-)
+QUERY_RETRIEVE_UIDS = frozenset(str(sop_class) for sop_class in QUERY_RETRIEVE_MODELS)
 
 
 class Role(StrEnum):

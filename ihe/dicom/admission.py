@@ -149,16 +149,20 @@ class StoreAdmission:
         """Whether `assoc` may store an instance of `study_uid` for `patient_id`."""
         with self._lock:
             decision = self._decisions.get(assoc, {}).get(study_uid)
-        if decision is None:
-            decided = self._decide(calling_ae, address, study_uid)
-            with self._lock:
-                studies = self._decisions.setdefault(assoc, {})
-                decision = studies.setdefault(study_uid, decided)
+            if decision is not None:  # every instance but the first: no query
+                return self._verdict(decision, patient_id)
+        decided = self._decide(calling_ae, address, study_uid)
         with self._lock:
-            reason = decision.refusal(patient_id.strip())
-            first = reason is not None and reason not in decision.reported
-            if first and reason is not None:
-                decision.reported.add(reason)
+            studies = self._decisions.setdefault(assoc, {})
+            return self._verdict(studies.setdefault(study_uid, decided), patient_id)
+
+    @staticmethod
+    def _verdict(decision: _Decision, patient_id: str) -> Verdict:
+        """The verdict for one instance; the caller holds the lock."""
+        reason = decision.refusal(patient_id.strip())
+        first = reason is not None and reason not in decision.reported
+        if first and reason is not None:
+            decision.reported.add(reason)
         return Verdict(reason, decision.site, first)
 
     def forget(self, assoc: object) -> None:

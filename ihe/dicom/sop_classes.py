@@ -42,3 +42,13 @@ StudyRootQueryRetrieveInformationModelMove: Final[SOPClass] = uid_to_sop_class(
 StudyRootQueryRetrieveInformationModelGet: Final[SOPClass] = uid_to_sop_class(
     "1.2.840.10008.5.1.4.1.2.2.3"
 )
+
+# The Query/Retrieve information models the cache offers to consoles.
+QUERY_RETRIEVE_MODELS: Final[tuple[SOPClass, ...]] = (
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelMove,
+    PatientRootQueryRetrieveInformationModelGet,
+)

@@ -81,6 +81,18 @@ LOG_IDENTIFIER_CHANGED = "patient identifier changed in the index"
 LOG_INS_HELD = "INS kept without linking"
 LOG_INS_UNLINKED = "INS no longer trusted: identifiers it linked split off"
 LINKED_BY_INS = "by INS"
+# The demographic columns a patient split off takes from the one it leaves.
+TRAITS = (
+    "family_name",
+    "given_names",
+    "birth_family_name",
+    "birth_date",
+    "sex",
+    "birth_place",
+    "family_fold",
+    "birth_family_fold",
+    "given_fold",
+)
 # RNIV identity statuses under which an INS links records (qualified identity).
 TRUSTED_INS_STATUSES = frozenset({"VALI", "QUAL"})
 UNLINKABLE_ATTRIBUTES = frozenset({"FICT", "DOUT"})
@@ -531,18 +543,7 @@ def _split_off(
     session: Session, patient: Patient, rows: list[PatientIdentifier]
 ) -> Patient:
     """A new patient with `patient`'s demographics holding `rows`."""
-    other = Patient(
-        id=new_id(),
-        family_name=patient.family_name,
-        given_names=patient.given_names,
-        birth_family_name=patient.birth_family_name,
-        birth_date=patient.birth_date,
-        sex=patient.sex,
-        birth_place=patient.birth_place,
-        family_fold=patient.family_fold,
-        birth_family_fold=patient.birth_family_fold,
-        given_fold=patient.given_fold,
-    )
+    other = Patient(id=new_id(), **{t: getattr(patient, t) for t in TRAITS})
     from server.workflow.registrations import stamp
 
     # The first patient's resource as fed, less what is its own; each read

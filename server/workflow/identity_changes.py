@@ -42,11 +42,11 @@ from server.models import (
     CachedInstance,
     Candidate,
     Patient,
-    PrefetchState,
     Registration,
     SiteRecord,
     utcnow,
 )
+from server.workflow import vigilance
 
 logger = logging.getLogger(__name__)
 
@@ -120,18 +120,11 @@ def after_unlink(
             )
         ).all()
         for candidate in candidates:
-            candidate.warning = UNLINKED_WARNING
-            candidate.review = None
+            vigilance.flag(candidate, UNLINKED_WARNING)
+            # The identifier is another patient's now: out of this case's
+            # selection even if its retrieve has started.
             if candidate.selected:
                 candidate.selected, candidate.selected_by = False, "identity"
-            prefetch = candidate.prefetch
-            if prefetch is not None and prefetch.state in (
-                PrefetchState.SCHEDULED,
-                PrefetchState.QUEUED,
-            ):
-                prefetch.state = PrefetchState.CANCELLED
-                prefetch.finished_at = utcnow()
-                prefetch.reason = UNLINKED_WARNING
             flagged += 1
     logger.info(LOG_WORK_UPDATED, extra={"patient": patient_id, "flagged": flagged})
     return flagged

@@ -93,7 +93,7 @@ from server.models import (
 from server.peers import site_call, site_endpoint
 from server.workflow import site_slots, transports
 from server.workflow.site_slots import worker_id
-from server.workflow.vigilance import UID_COLLISION, needs_review
+from server.workflow.vigilance import UID_COLLISION, flag, needs_review
 
 logger = logging.getLogger(__name__)
 
@@ -232,27 +232,33 @@ def _not_to_fetch(session: Session, prefetch: Prefetch) -> str | None:
     if candidate is None:
         return None
     if not candidate.selected or needs_review(candidate):
-        prefetch.state = PrefetchState.CANCELLED
-        prefetch.finished_at = utcnow()
-        prefetch.lease_expires_at = None
-        prefetch.reason = "not retrieved: deselected or awaiting identity review"
         logger.info(LOG_NOT_FETCHED, extra={"prefetch": prefetch.id})
-        return str(prefetch.state)
+        return _stop(
+            prefetch,
+            PrefetchState.CANCELLED,
+            "not retrieved: deselected or awaiting identity review",
+        )
     registration = candidate.registration
     if registration is None or not _shared_with_another_patient(
         session, prefetch, registration.patient_id
     ):
         return None
-    candidate.warning = UID_COLLISION
-    candidate.review = None
+    candidate.warning, candidate.review = UID_COLLISION, None
     candidate.selected, candidate.selected_by = False, "identity"
-    _flag_the_other_cases(session, prefetch.study_uid, registration.patient_id)
-    prefetch.state = PrefetchState.FAILED
+    for other in _other_patients_candidates(
+        session, prefetch.study_uid, registration.patient_id
+    ):
+        flag(other, UID_COLLISION)
+    logger.warning(LOG_UID_COLLISION, extra={"prefetch": prefetch.id})
+    return _stop(prefetch, PrefetchState.FAILED, UID_COLLISION)
+
+
+def _stop(prefetch: Prefetch, state: PrefetchState, reason: str) -> str:
+    """End the claimed `prefetch` before asking the site anything."""
+    prefetch.state, prefetch.reason = state, reason
     prefetch.finished_at = utcnow()
     prefetch.lease_expires_at = None
-    prefetch.reason = UID_COLLISION
-    logger.warning(LOG_UID_COLLISION, extra={"prefetch": prefetch.id})
-    return str(prefetch.state)
+    return str(state)
 
 
 def _shared_with_another_patient(
@@ -308,10 +314,12 @@ def _shared_with_another_patient(
     return False
 
 
-def _flag_the_other_cases(session: Session, study_uid: str, patient_id: str) -> None:
-    """Tell the other patients' cases holding `study_uid` of the collision:
-    their candidate is flagged, and a retrieve not started is cancelled."""
-    others = session.scalars(
+def _other_patients_candidates(
+    session: Session, study_uid: str, patient_id: str
+) -> Sequence[Candidate]:
+    """The other patients' candidates of `study_uid` not flagged yet, to be
+    told of the collision."""
+    return session.scalars(
         select(Candidate)
         .join(Registration, Registration.id == Candidate.registration_id)
         .where(
@@ -320,17 +328,6 @@ def _flag_the_other_cases(session: Session, study_uid: str, patient_id: str) -> 
             Candidate.warning.is_(None),
         )
     ).all()
-    for other in others:
-        other.warning, other.review = UID_COLLISION, None
-        theirs = other.prefetch
-        if theirs is not None and theirs.state in (
-            PrefetchState.SCHEDULED,
-            PrefetchState.QUEUED,
-        ):
-            other.selected, other.selected_by = False, "identity"
-            theirs.state = PrefetchState.CANCELLED
-            theirs.finished_at = utcnow()
-            theirs.reason = UID_COLLISION
 
 
 def conclude(

@@ -38,7 +38,7 @@ from datetime import datetime
 from mappings.dicom_study import StudyFound
 from mappings.names import fold
 from server.errors import Conflict
-from server.models import Candidate, Patient, Registration, utcnow
+from server.models import Candidate, Patient, PrefetchState, Registration, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -183,6 +183,25 @@ def needs_review(candidate: Candidate) -> bool:
         None,
         Review.PENDING,
     )
+
+
+def flag(candidate: Candidate, warning: str) -> None:
+    """Put `candidate` under identity review for `warning`.
+
+    A retrieve not started yet (scheduled or queued) is cancelled, and the
+    study leaves the selection with it; one under way or done is left as it
+    is, the flag shown beside it.
+    """
+    candidate.warning, candidate.review = warning, None
+    prefetch = candidate.prefetch
+    if prefetch is not None and prefetch.state in (
+        PrefetchState.SCHEDULED,
+        PrefetchState.QUEUED,
+    ):
+        candidate.selected, candidate.selected_by = False, "identity"
+        prefetch.state = PrefetchState.CANCELLED
+        prefetch.finished_at = utcnow()
+        prefetch.reason = warning
 
 
 def selectable(candidate: Candidate) -> bool:

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -206,49 +207,45 @@ def test_token_command_mints_accepted_token_and_refuses_with_idp(
     assert "get tokens from the identity provider" in refused.stderr
 
 
-def test_serve_bad_sites_file_exits_2_with_message(tmp_path: Path) -> None:
-    sites = tmp_path / "sites.yaml"
-    sites.write_text("sites: [{name: a}]\n", encoding="utf-8")
-    env = server_env(
-        load_settings({}), tmp_path / "data", sites, free_port(), free_port()
-    )
+def serve_failing_to_start(
+    tmp_path: Path, sites_yaml: str, *args: str, **env_options: Any
+) -> subprocess.CompletedProcess[str]:
+    """Run ``spiders serve`` with `sites_yaml` as the sites file; it must stop."""
     import sys
 
-    proc = subprocess.run(
-        [sys.executable, "-m", "server.cli", "serve"],
+    sites = tmp_path / "sites.yaml"
+    sites.write_text(sites_yaml, encoding="utf-8")
+    env = server_env(
+        load_settings({}),
+        tmp_path / "data",
+        sites,
+        free_port(),
+        free_port(),
+        **env_options,
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "server.cli", "serve", *args],
         env=env,
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+def test_serve_bad_sites_file_exits_2_with_message(tmp_path: Path) -> None:
+    proc = serve_failing_to_start(tmp_path, "sites: [{name: a}]\n")
     assert proc.returncode == 2
     assert "sites[0] lacks ae_title, host, port, patient_id_domain" in proc.stderr
 
 
 def test_serve_port_in_use_names_the_listener(tmp_path: Path) -> None:
-    import sys
-
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
         port = taken.getsockname()[1]
-        env = server_env(
-            load_settings({}),
-            tmp_path / "data",
-            tmp_path / "none.yaml",
-            free_port(),
-            free_port(),
-            mllp_port=port,
-        )
-        (tmp_path / "none.yaml").write_text("sites: []\n", encoding="utf-8")
-        proc = subprocess.run(
-            [sys.executable, "-m", "server.cli", "serve", "--no-worker"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
+        proc = serve_failing_to_start(
+            tmp_path, "sites: []\n", "--no-worker", mllp_port=port
         )
     assert proc.returncode == 2, proc.stderr
     (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error: ")]
@@ -257,24 +254,10 @@ def test_serve_port_in_use_names_the_listener(tmp_path: Path) -> None:
 
 
 def test_serve_misspelt_site_key_named(tmp_path: Path) -> None:
-    import sys
-
-    sites = tmp_path / "sites.yaml"
-    sites.write_text(
+    proc = serve_failing_to_start(
+        tmp_path,
         "sites: [{name: a, aetitle: A, host: h, port: 104, "
         "patient_id_domain: 1.2.3}]\n",
-        encoding="utf-8",
-    )
-    env = server_env(
-        load_settings({}), tmp_path / "data", sites, free_port(), free_port()
-    )
-    proc = subprocess.run(
-        [sys.executable, "-m", "server.cli", "serve"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
     )
     assert proc.returncode == 2
     assert "sites[0] has unknown key(s) aetitle (known: name, ae_title," in proc.stderr
