@@ -169,3 +169,41 @@ def cache_server(archive: Archive, ae_title: str = "SPIDERS") -> Iterator[CacheS
 
 def _set_uid(ds: Dataset, tag: int, value: str) -> None:
     ds.add(DataElement(tag, "UI", value, validation_mode=config.IGNORE))
+
+
+def ask_site(
+    db: Database, site: str, study_uid: str, state: str, patient_id: str
+) -> None:
+    """A registration whose candidate `study_uid`, at `site` for `patient_id`,
+    has a prefetch in `state`: what store admission reads."""
+    from datetime import timedelta
+
+    from server.models import (
+        Candidate,
+        Patient,
+        Prefetch,
+        Registration,
+        utcnow,
+    )
+
+    with db.session() as session:
+        registration = Registration(status="active", patient=Patient())
+        candidate = Candidate(
+            registration=registration,
+            site_name=site,
+            study_uid=study_uid,
+            patient_id_at_site=patient_id,
+            selected=True,
+        )
+        session.add(candidate)
+        session.flush()
+        session.add(
+            Prefetch(
+                candidate_id=candidate.id,
+                registration_id=registration.id,
+                site_name=site,
+                study_uid=study_uid,
+                state=state,
+                due_at=utcnow() - timedelta(minutes=1),
+            )
+        )

@@ -21,14 +21,13 @@ from server.db import Database
 from server.models import (
     CachedInstance,
     Candidate,
-    Patient,
     PatientHistory,
-    Prefetch,
     PrefetchState,
     Registration,
     RetrievePermit,
     utcnow,
 )
+from tests.ihe.dicom.dicom_support import ask_site
 
 SITE, STUDY, PID = "chu-nord", "2.999.7.10", "NORD-0042"
 
@@ -52,26 +51,7 @@ def sites_of(calling_ae: str, _address: str) -> list[str]:
 
 
 def ask(db: Database, state: str, study_uid: str = STUDY) -> None:
-    with db.session() as session:
-        registration = Registration(status="active", patient=Patient())
-        candidate = Candidate(
-            registration=registration,
-            site_name=SITE,
-            study_uid=study_uid,
-            patient_id_at_site=PID,
-        )
-        session.add(candidate)
-        session.flush()
-        session.add(
-            Prefetch(
-                candidate_id=candidate.id,
-                registration_id=registration.id,
-                site_name=SITE,
-                study_uid=study_uid,
-                state=state,
-                due_at=utcnow(),
-            )
-        )
+    ask_site(db, SITE, study_uid, state, PID)
 
 
 def count_queries(db: Database) -> list[str]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -30,14 +29,10 @@ from server.demo.studies import (
     generate_study,
 )
 from server.models import (
-    Candidate,
-    Patient,
-    Prefetch,
     PrefetchState,
-    Registration,
-    utcnow,
 )
 from tests.flow_support import audit_rows, cached_counts, start_server
+from tests.ihe.dicom.dicom_support import ask_site
 from tests.peers import LOCALHOST, free_port, require, run_dcmtk
 
 pytestmark = pytest.mark.peer
@@ -129,28 +124,7 @@ def study(tmp_path: Path, who: DemoPatient, seed: int) -> GeneratedStudy:
 
 def ask(listener: Listener, study_uid: str, state: str, patient_id: str) -> None:
     """A registration whose candidate `study_uid` has a prefetch in `state`."""
-    with listener.db.session() as session:
-        patient = Patient(family_name="LEFÈVRE")
-        registration = Registration(status="active", patient=patient)
-        candidate = Candidate(
-            registration=registration,
-            site_name=SITE,
-            study_uid=study_uid,
-            patient_id_at_site=patient_id,
-            selected=True,
-        )
-        session.add_all([patient, registration, candidate])
-        session.flush()
-        session.add(
-            Prefetch(
-                candidate_id=candidate.id,
-                registration_id=registration.id,
-                site_name=SITE,
-                study_uid=study_uid,
-                state=state,
-                due_at=utcnow() - timedelta(minutes=1),
-            )
-        )
+    ask_site(listener.db, SITE, study_uid, state, patient_id)
 
 
 def storescu(listener: Listener, calling: str, files: list[Path]) -> str:
